@@ -1,0 +1,102 @@
+"""`pgnet bench model`: PGNet throughput per backbone, and inference against Keypoint R-CNN.
+
+Keypoint R-CNN (torchvision, no weights) runs in the same process at the same
+input size and thread count, so the printed ratio compares like with like.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchvision
+
+from pgnet.config import ModelConfig
+from pgnet.models import build_model
+
+
+@dataclass
+class Timing:
+    name: str
+    size: tuple[int, int]
+    seconds_per_batch: float
+    batch: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds_per_batch
+
+
+def time_call(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:
+    """Median seconds per call (the median shrugs off a stray slow call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def pgnet_timings(backbone: str, size: tuple[int, int], batch: int, repeats: int) -> tuple[Timing, Timing]:
+    """(forward, forward+backward) of PGNet with `backbone` on random images."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone))
+    images = torch.randn(batch, 3, *size)
+    model.eval()
+
+    def forward():
+        with torch.no_grad():
+            model(images)
+
+    fwd = time_call(forward, repeats)
+    model.train()
+
+    def train_step():
+        outputs = model(images)
+        loss = sum(v.float().mean() for v in outputs.values())  # backward through every head
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    fwd_bwd = time_call(train_step, repeats)
+    return Timing(f"pgnet-{backbone} forward", size, fwd, batch), Timing(f"pgnet-{backbone} fwd+bwd", size, fwd_bwd, batch)
+
+
+def keypoint_rcnn_timing(size: tuple[int, int], batch: int, repeats: int) -> Timing:
+    """torchvision's keypointrcnn_resnet50_fpn, untrained, fed the same image size (no internal resize)."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.keypointrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min(size), max_size=max(size)).eval()
+    images = [torch.rand(3, *size) for _ in range(batch)]
+
+    def forward():
+        with torch.no_grad():
+            model(images)
+
+    return Timing("keypointrcnn_resnet50_fpn forward", size, time_call(forward, repeats), batch)
+
+
+def run_model_benchmark(backbones: list[str], sizes: list[tuple[int, int]], batch: int, repeats: int,
+                        threads: int, compare_size: tuple[int, int] | None, print_fn=print) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    print_fn(f"torch {torch.__version__}, {threads} thread(s), batch {batch}, median of {repeats}")
+    print_fn(f"{'model':<34} {'input':>9} {'ms/batch':>10} {'images/s':>9}")
+    results: dict[str, float] = {}
+    for size in sizes:
+        for backbone in backbones:
+            for timing in pgnet_timings(backbone, size, batch, repeats):
+                print_fn(f"{timing.name:<34} {size[0]:>4}x{size[1]:<4} {1000 * timing.seconds_per_batch:>10.1f} "
+                         f"{timing.images_per_s:>9.2f}")
+                results[f"{timing.name}@{size[0]}x{size[1]}"] = timing.images_per_s
+    if compare_size:
+        rcnn = keypoint_rcnn_timing(compare_size, batch, repeats)
+        ours = pgnet_timings("resnet50", compare_size, batch, repeats)[0]
+        ratio = rcnn.seconds_per_batch / ours.seconds_per_batch
+        print_fn(f"{rcnn.name:<34} {compare_size[0]:>4}x{compare_size[1]:<4} "
+                 f"{1000 * rcnn.seconds_per_batch:>10.1f} {rcnn.images_per_s:>9.2f}")
+        print_fn(f"PGNet-R50 inference is {ratio:.2f}x faster than Keypoint R-CNN R50-FPN at "
+                 f"{compare_size[0]}x{compare_size[1]} (same process, {threads} thread(s); target >= 3x)")
+        results["speedup_vs_keypointrcnn"] = ratio
+    return results

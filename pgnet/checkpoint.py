@@ -1,0 +1,86 @@
+"""Checkpoints as plain dicts a person can open with `torch.load`, written atomically.
+
+A single-process checkpoint is `{model, optimizer, scheduler, config, epoch,
+step}`. Pipeline stages save shards of the same dict; `merge_shards` joins them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file in the same folder, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' not found; pass a file written by `pgnet train` "
+                                "(run_dir/checkpoint_last.pt or checkpoint_best.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"'{path}' is not a PGNet checkpoint (expected a dict with a 'model' entry)")
+    return ckpt
+
+
+def named_optimizer_state(optimizer: torch.optim.Optimizer,
+                          named_params: list[tuple[str, nn.Parameter]]) -> dict[str, Any]:
+    """Optimiser state keyed by parameter name, so it can be re-sharded over another stage count."""
+    sd = optimizer.state_dict()
+    ids = [i for group in sd["param_groups"] for i in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    name_of = {id(p): n for n, p in named_params}
+    names = [name_of[id(p)] for p in params]
+    index_to_name = dict(zip(ids, names))
+    return {
+        "state": {index_to_name[i]: s for i, s in sd["state"].items()},
+        "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                          "params": [index_to_name[i] for i in g["params"]]} for g in sd["param_groups"]],
+    }
+
+
+def load_named_optimizer_state(optimizer: torch.optim.Optimizer,
+                               named_params: list[tuple[str, nn.Parameter]],
+                               named_state: dict[str, Any]) -> None:
+    """Inverse of `named_optimizer_state` for the parameters this optimiser holds."""
+    name_of = {id(p): n for n, p in named_params}
+    sd = optimizer.state_dict()
+    state, index = {}, 0
+    for group, saved in zip(sd["param_groups"], named_state["param_groups"]):
+        for k, v in saved.items():
+            if k != "params":
+                group[k] = v
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = name_of[id(p)]
+            if name in named_state["state"]:
+                state[index] = named_state["state"][name]
+            index += 1
+    sd["state"] = state
+    optimizer.load_state_dict(sd)

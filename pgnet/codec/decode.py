@@ -1,0 +1,179 @@
+"""Decoding network outputs into people: CenterNet's multi_pose_decode, flip test and COCO results.
+
+Coordinates are continuous (pixel i covers [i, i+1)); output pixels times the stride are input pixels.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pgnet.codec.targets import NUM_JOINTS, STRIDE
+from pgnet.data.skeleton import FLIP_INDEX
+from pgnet.evaluation import results_from_detections
+
+SNAP_DISTANCE = 0.3  # CenterNet: a heatmap peak replaces a regressed key point within 0.3 x the box's longer side
+LOGIT_EPS = 1e-6
+
+
+def heatmap_nms(heat: Tensor, kernel: int = 3) -> Tensor:
+    """Keep only local maxima of a (B, C, H, W) score map (CenterNet's max-pool NMS)."""
+    hmax = F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2)
+    return heat * (hmax == heat).to(heat.dtype)
+
+
+def topk_per_channel(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-k of each channel of (B, C, H, W): scores, flat indices, ys, xs, each (B, C, k)."""
+    b, c, h, w = scores.shape
+    values, inds = scores.reshape(b, c, h * w).topk(min(k, h * w), dim=-1)
+    return values, inds, torch.div(inds, w, rounding_mode="floor").to(scores.dtype), (inds % w).to(scores.dtype)
+
+
+def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
+    """(B, C, H, W) read at flat locations (B, K) -> (B, K, C)."""
+    b, c, h, w = feat.shape
+    flat = feat.reshape(b, c, h * w)
+    return flat.gather(2, inds.unsqueeze(1).expand(b, c, inds.shape[1])).permute(0, 2, 1)
+
+
+@torch.no_grad()
+def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1) -> list[dict]:
+    """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
+
+    Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
+    confidence, sorted by score. Centres are the top-k local maxima of sigmoid(hm); boxes come
+    from `wh` and `reg`; key points are regressed from the integer centre (`kps`) and snapped to
+    the nearest peak of sigmoid(hm_hp) (+ `hp_offset`) scoring above `kp_threshold` when it lies
+    inside the box and within 0.3 x the box's longer side. A snapped key point's confidence is
+    its peak score; an unsnapped one gets the key-point heatmap's value at the regressed location.
+    """
+    heat = heatmap_nms(torch.sigmoid(outputs["hm"].float()))
+    b, _, h, w = heat.shape
+    scores, inds, ys, xs = (t[:, 0] for t in topk_per_channel(heat, top_k))  # (B, K)
+    k = scores.shape[1]
+    reg = gather_feature(outputs["reg"].float(), inds)
+    wh = gather_feature(outputs["wh"].float(), inds)
+    kps = gather_feature(outputs["kps"].float(), inds).reshape(b, k, -1, 2)
+    kps = kps + torch.stack([xs, ys], dim=-1).unsqueeze(2)  # offsets are from the integer centre
+    cx, cy = xs + reg[..., 0], ys + reg[..., 1]
+    boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
+    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold)
+    return [{"boxes": boxes[i].cpu().numpy(), "scores": scores[i].cpu().numpy(),
+             "keypoints": keypoints[i].cpu().numpy()} for i in range(b)]
+
+
+def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_k: int,
+                    threshold: float) -> Tensor:
+    """(B, K, J, 3) key points: regressed ones `kps` (B, K, J, 2) replaced by near heatmap peaks."""
+    hm_hp = torch.sigmoid(outputs["hm_hp"].float())
+    b, joints, h, w = hm_hp.shape
+    peak_scores, peak_inds, peak_ys, peak_xs = topk_per_channel(heatmap_nms(hm_hp), top_k)  # (B, J, P)
+    offsets = gather_feature(outputs["hp_offset"].float(), peak_inds.reshape(b, -1))
+    offsets = offsets.reshape(b, joints, -1, 2)
+    peaks = torch.stack([peak_xs + offsets[..., 0], peak_ys + offsets[..., 1]], dim=-1)  # (B, J, P, 2)
+    # distance of every regressed key point (B, K, J) to every peak of its joint (P)
+    dist = (kps.unsqueeze(3) - peaks.unsqueeze(1)).norm(dim=-1)  # (B, K, J, P)
+    dist = dist.masked_fill((peak_scores <= threshold).unsqueeze(1), float("inf"))
+    min_dist, nearest = dist.min(dim=-1)  # (B, K, J)
+    j_index = torch.arange(joints, device=kps.device).view(1, 1, joints)
+    b_index = torch.arange(b, device=kps.device).view(b, 1, 1)
+    snapped_xy = peaks[b_index, j_index, nearest]  # (B, K, J, 2)
+    snapped_score = peak_scores[b_index, j_index, nearest]
+    x1, y1, x2, y2 = (boxes[..., i].unsqueeze(-1) for i in range(4))
+    inside = (snapped_xy[..., 0] >= x1) & (snapped_xy[..., 0] <= x2) \
+        & (snapped_xy[..., 1] >= y1) & (snapped_xy[..., 1] <= y2)
+    near = min_dist <= SNAP_DISTANCE * torch.maximum(x2 - x1, y2 - y1)
+    snap = inside & near & torch.isfinite(min_dist)
+    cell_x = kps[..., 0].floor().long().clamp(0, w - 1)
+    cell_y = kps[..., 1].floor().long().clamp(0, h - 1)
+    cells = cell_y * w + cell_x  # (B, K, J)
+    regressed_score = hm_hp.reshape(b, joints, h * w).gather(2, cells.permute(0, 2, 1)).permute(0, 2, 1)
+    xy = torch.where(snap.unsqueeze(-1), snapped_xy, kps)
+    score = torch.where(snap, snapped_score, regressed_score)
+    return torch.cat([xy, score.unsqueeze(-1)], dim=-1)
+
+
+def to_image_coords(detections: dict, inv_affine: np.ndarray, stride: int = STRIDE) -> dict:
+    """Map one image's detections from output pixels to original image pixels.
+
+    `inv_affine` (2, 3) maps input pixels to image pixels (the sample's `inv_affine`). Box
+    corners are mapped and the enclosing box taken, which is exact without rotation.
+    """
+    m = np.asarray(inv_affine, np.float64).reshape(2, 3)
+    boxes = np.asarray(detections["boxes"], np.float64).reshape(-1, 4) * stride
+    corners = boxes[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 4, 2) @ m[:, :2].T + m[:, 2]
+    kps = np.asarray(detections["keypoints"], np.float64).reshape(len(boxes), NUM_JOINTS, 3).copy()
+    kps[..., :2] = kps[..., :2] * stride @ m[:, :2].T + m[:, 2]
+    out = dict(detections)
+    out["boxes"] = np.concatenate([corners.min(1), corners.max(1)], axis=1).astype(np.float32)
+    out["keypoints"] = kps.astype(np.float32)
+    return out
+
+
+def _unmirror(maps: Tensor, swap: Sequence[int] | None = None) -> Tensor:
+    """Maps of a mirrored image flipped back in x, with channel groups reordered by `swap`."""
+    maps = maps.flip(-1)
+    return maps if swap is None else maps[:, list(swap)]
+
+
+def _unmirror_offsets(offsets: Tensor, joints: int | None = None) -> Tensor:
+    """(B, 2n, H, W) x/y offsets of a mirrored image, back in the unflipped frame.
+
+    Mirroring maps x -> W - x and cell c -> W-1-c, so an offset from a cell's corner becomes 1 - dx
+    (y offsets are unchanged). With `joints`, the channel pairs are also swapped left/right.
+    """
+    b, c, h, w = offsets.shape
+    pairs = offsets.flip(-1).reshape(b, c // 2, 2, h, w)
+    if joints is not None:
+        pairs = pairs[:, list(FLIP_INDEX)]
+    pairs = torch.stack([1 - pairs[:, :, 0], pairs[:, :, 1]], dim=2)
+    return pairs.reshape(b, c, h, w)
+
+
+@torch.no_grad()
+def flip_merge(outputs: dict[str, Tensor], outputs_of_flipped_image: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CenterNet's flip test: average the outputs of an image and of its mirror flipped back.
+
+    Heatmaps are averaged as probabilities (and returned as logits), with the key-point maps'
+    left/right channels swapped; box sizes and centre-relative key-point offsets are averaged;
+    the sub-pixel offsets `reg` and `hp_offset` are taken from the unflipped image, as CenterNet does.
+    """
+    a, m = outputs, outputs_of_flipped_image
+    merged = dict(a)
+    for name, swap in (("hm", None), ("hm_hp", FLIP_INDEX)):
+        p = (torch.sigmoid(a[name].float()) + _unmirror(torch.sigmoid(m[name].float()), swap)) / 2
+        merged[name] = torch.logit(p.clamp(LOGIT_EPS, 1 - LOGIT_EPS))
+    merged["wh"] = (a["wh"] + _unmirror(m["wh"])) / 2
+    merged["kps"] = (a["kps"] + _unmirror_offsets(m["kps"], joints=NUM_JOINTS)) / 2
+    return merged
+
+
+def detections_to_coco(detections: dict, image_id: int, score_threshold: float = 0.0) -> list[dict]:
+    """COCO result dicts (boxes and key points) of one image's detections in image pixels."""
+    keep = np.asarray(detections["scores"]) >= score_threshold
+    if not keep.any():
+        return []
+    return results_from_detections(image_id, np.asarray(detections["boxes"])[keep],
+                                   np.asarray(detections["scores"])[keep],
+                                   np.asarray(detections["keypoints"])[keep])
+
+
+def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor, *,
+                 flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
+                 kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE) -> list[dict]:
+    """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
+
+    `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
+    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None.
+    """
+    if flipped_outputs is not None:
+        outputs = flip_merge(outputs, flipped_outputs)
+    if isinstance(inv_affines, Tensor):
+        inv_affines = inv_affines.detach().cpu().numpy()
+    results = []
+    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold), image_ids, inv_affines):
+        results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
+    return results

@@ -1,0 +1,74 @@
+"""One training step and the evaluation loop, shared by every trainer.
+
+`evaluate_model` runs the network over a split, decodes people, maps them back
+to image pixels and scores them with pycocotools (`pgnet.evaluation`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from pgnet.codec.decode import coco_results
+from pgnet.config import EvalConfig
+from pgnet.data.dataset import CocoKeypoints, collate_samples
+from pgnet.evaluation import evaluate
+from pgnet.progress import progress_bar
+
+log = logging.getLogger("pgnet.engine")
+
+
+def to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device, non_blocking=True)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_coco(model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor],
+                 cfg: EvalConfig) -> list[dict]:
+    """COCO results (image pixels) for a batch; with `cfg.flip_test` the mirrored image is averaged in."""
+    outputs = model(images)
+    flipped = model(images.flip(-1)) if cfg.flip_test else None
+    return coco_results(outputs, meta["image_id"].tolist(), meta["inv_affine"], flipped_outputs=flipped,
+                        top_k=cfg.top_k, score_threshold=cfg.score_threshold)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, dataset: CocoKeypoints, cfg: EvalConfig, device: torch.device,
+                   progress: bool = True, workers: int = 0) -> tuple[dict[str, float], list[dict]]:
+    """Key-point and box COCO metrics of `model` on `dataset` (built with train=False)."""
+    was_training = model.training
+    model.eval()
+    indices = range(len(dataset)) if cfg.max_images <= 0 else range(min(cfg.max_images, len(dataset)))
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=cfg.batch_size, shuffle=False,
+                        collate_fn=collate_samples, num_workers=workers)
+    results: list[dict] = []
+    evaluated: list[int] = []
+    skipped = 0
+    for images, _, meta, num_bad in progress_bar(loader, enabled=progress, desc="evaluate", unit="batch"):
+        skipped += num_bad
+        if len(images) == 0:
+            continue
+        results.extend(predict_coco(model, images.to(device), meta, cfg))
+        evaluated.extend(meta["image_id"].tolist())
+    model.train(was_training)
+    if not evaluated:
+        raise RuntimeError(f"no image of {dataset.annotation_file} could be read for evaluation")
+    metrics = evaluate(dataset.annotation_file, results, img_ids=evaluated)
+    metrics["eval/images"] = float(len(evaluated))
+    metrics["eval/skipped_images"] = float(skipped)
+    return metrics, results

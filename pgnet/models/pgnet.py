@@ -1,0 +1,122 @@
+"""PGNet: ResNet backbone -> CFFM -> deconv decoder -> heads, plus the P4 guidance head.
+
+The network is also an ordered list of *units* (`PGNet.units()`), each mapping
+a tuple of tensors (the bus) to the next bus, so that pipeline training can cut
+it between any two consecutive units without the model knowing about it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pgnet.models.backbone import ResNetBackbone
+from pgnet.models.cffm import CFFM, Decoder
+from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS, DetectionHeads, GuidanceHead
+
+Bus = tuple[torch.Tensor, ...]
+
+
+class Unit(nn.Module):
+    """One pipeline-cuttable piece of PGNet. `name` is the wrapped module's path in PGNet."""
+
+    def __init__(self, name: str, module: nn.Module):
+        super().__init__()
+        self.name = name
+        self.module = module
+
+    def shard_state(self) -> dict[str, torch.Tensor]:
+        """This unit's entries of the full model's state dict, under the full model's keys."""
+        return {f"{self.name}.{k}": v for k, v in self.module.state_dict().items()}
+
+
+class StemUnit(Unit):
+    def forward(self, x: torch.Tensor) -> Bus:
+        return (self.module(x),)
+
+
+class BlockUnit(Unit):
+    """A residual block on the last bus tensor; `keep_input` carries a finished level (C3, C4) along."""
+
+    def __init__(self, name: str, module: nn.Module, keep_input: bool):
+        super().__init__(name, module)
+        self.keep_input = keep_input
+
+    def forward(self, *bus: torch.Tensor) -> Bus:
+        if self.keep_input:
+            return (*bus, self.module(bus[-1]))
+        return (*bus[:-1], self.module(bus[-1]))
+
+
+class CFFMUnit(Unit):
+    """(C3, C4, C5) -> (P3, P4) with guidance, (P3,) without."""
+
+    def __init__(self, name: str, module: nn.Module, guidance: bool):
+        super().__init__(name, module)
+        self.guidance = guidance
+
+    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> Bus:
+        p3, p4 = self.module(c3, c4, c5)
+        return (p3, p4) if self.guidance else (p3,)
+
+
+class GuidanceUnit(Unit):
+    """(P3, P4) -> (P3, guidance maps at stride 16)."""
+
+    def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> Bus:
+        return (p3, *self.module(p4))
+
+
+class DecoderUnit(Unit):
+    def forward(self, p3: torch.Tensor, *guidance: torch.Tensor) -> Bus:
+        return (self.module(p3), *guidance)
+
+
+class HeadsUnit(Unit):
+    """Decoder features (+ guidance maps) -> every output, in `output_names` order."""
+
+    def __init__(self, name: str, module: nn.Module, output_names: tuple[str, ...]):
+        super().__init__(name, module)
+        self.output_names = output_names
+
+    def forward(self, features: torch.Tensor, *guidance: torch.Tensor) -> Bus:
+        out = self.module(features)
+        if guidance:
+            out.update(GuidanceHead.to_output_stride(guidance, features.shape[-2:]))
+        return tuple(out[name] for name in self.output_names)
+
+
+class PGNet(nn.Module):
+    """The whole network; `forward` returns a dict of stride-4 maps (DEVELOPERS.md)."""
+
+    def __init__(self, backbone: ResNetBackbone, cffm_channels: int, decoder_channels: int,
+                 head_channels: int, guidance: bool, norm_layer):
+        super().__init__()
+        self.backbone = backbone
+        self.cffm = CFFM(backbone.channels, cffm_channels, norm_layer)
+        self.guidance = GuidanceHead(cffm_channels, norm_layer) if guidance else None
+        self.decoder = Decoder(cffm_channels, decoder_channels, norm_layer)
+        self.heads = DetectionHeads(decoder_channels, head_channels)
+        names = tuple(DETECTION_OUTPUTS) + (tuple(GUIDANCE_OUTPUTS) if guidance else ())
+        self.output_names: tuple[str, ...] = names
+
+    def units(self) -> list[Unit]:
+        """The network as consecutive units; cut anywhere for pipeline stages."""
+        units: list[Unit] = [StemUnit("backbone.stem", self.backbone.stem)]
+        for level in ("layer1", "layer2", "layer3", "layer4"):
+            layer = getattr(self.backbone, level)
+            for i, block in enumerate(layer):
+                # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later.
+                keep = i == 0 and level in ("layer3", "layer4")
+                units.append(BlockUnit(f"backbone.{level}.{i}", block, keep_input=keep))
+        units.append(CFFMUnit("cffm", self.cffm, guidance=self.guidance is not None))
+        if self.guidance is not None:
+            units.append(GuidanceUnit("guidance", self.guidance))
+        units.append(DecoderUnit("decoder", self.decoder))
+        units.append(HeadsUnit("heads", self.heads, self.output_names))
+        return units
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        bus: Bus = (images,)
+        for unit in self.units():
+            bus = unit(*bus)
+        return dict(zip(self.output_names, bus))

@@ -1,0 +1,202 @@
+"""The single-process trainer: `train(cfg, run_dir)`. Also the reference for pipeline training.
+
+A run directory holds `config.yaml`, `metrics.jsonl` (one record per step),
+`evaluations.jsonl`, and `checkpoint_last.pt` / `checkpoint_best.pt`. The run is
+deterministic for a seed; `resume=True` continues from `checkpoint_last.pt`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from pgnet.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from pgnet.config import Config, config_from_dict, save_config
+from pgnet.data.dataset import CocoKeypoints, collate_samples
+from pgnet.data.order import epoch_batches, steps_per_epoch
+from pgnet.data.source import resolve_data_root
+from pgnet.engine import evaluate_model, resolve_device, to_device
+from pgnet.losses import PGNetLoss
+from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
+from pgnet.models import PGNet, build_model
+from pgnet.optim import build_optimizer, build_scheduler
+from pgnet.progress import progress_bar
+
+log = logging.getLogger("pgnet.train")
+
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+BEST_PREDICTIONS = "val_predictions_best.json"  # COCO results of the best evaluation
+BEST_METRIC = "keypoints/AP"
+
+
+class TrainHooks(Protocol):
+    """What a tracker (MLflow, Tune) sees of a run. Every method is optional."""
+
+    def on_step(self, record: dict[str, Any]) -> None: ...
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, path: Path, best: bool) -> None: ...
+
+
+def seeded_model(cfg: Config) -> PGNet:
+    """The model every trainer starts from: built right after seeding, so it depends on the seed only."""
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg.model)
+
+
+def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints, CocoKeypoints]:
+    root = resolve_data_root(cfg.data, progress=progress)
+    common = dict(input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed)
+    train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
+    val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
+    return train_set, val_set
+
+
+def total_steps(cfg: Config, num_images: int) -> int:
+    per_epoch = steps_per_epoch(num_images, cfg.train.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"the training split has {num_images} images, fewer than train.batch_size="
+                         f"{cfg.train.batch_size}; lower the batch size or add images")
+    steps = per_epoch * cfg.train.epochs
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else steps
+
+
+def _call(hooks: list, name: str, *args) -> None:
+    for hook in hooks:
+        method = getattr(hook, name, None)
+        if method is not None:
+            method(*args)
+
+
+@dataclass
+class BadSampleBudget:
+    """Counts skipped images and stops the run once they exceed `max_fraction` of those seen."""
+
+    max_fraction: float
+    seen: int = 0
+    bad: int = 0
+
+    def add(self, seen: int, bad: int) -> None:
+        self.seen += seen
+        self.bad += bad
+        if self.bad and self.bad > self.max_fraction * max(self.seen, 1) and self.seen >= 20:
+            raise RuntimeError(
+                f"{self.bad} of {self.seen} images could not be read (more than data.max_bad_fraction="
+                f"{self.max_fraction}); the log names each one. Fix or remove them, or raise the limit.")
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimiser steps
+    best: float = float("-inf")
+    history: list = field(default_factory=list)
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          hooks: list | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns the last evaluation's metrics plus `step` and `epoch`."""
+    hooks = hooks or []
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    train_set, val_set = training_datasets(cfg, progress)
+    steps = total_steps(cfg, len(train_set))
+
+    model = seeded_model(cfg).to(device)
+    criterion = PGNetLoss(cfg.loss, guidance=cfg.model.guidance)
+    optimizer = build_optimizer(cfg.optim, model.named_parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer, steps)
+    metrics_log, eval_log = JsonlLog(run_dir / METRICS_FILE), JsonlLog(run_dir / EVALUATIONS_FILE)
+
+    state = RunState()
+    if resume:
+        state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler)
+        metrics_log.truncate_after(state.step)
+        eval_log.truncate_after(state.step)
+        log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
+    elif (run_dir / METRICS_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
+    save_config(cfg, run_dir / "config.yaml")
+
+    budget = BadSampleBudget(cfg.data.max_bad_fraction)
+    last_metrics: dict[str, float] = {}
+    model.train()
+    while state.step < steps:
+        epoch = state.epoch + 1
+        train_set.set_epoch(epoch)
+        batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
+        batches = batches[: steps - state.step]  # max_steps may end the run mid-epoch
+        loader = DataLoader(train_set, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
+                            num_workers=cfg.data.workers)
+        tick = time.perf_counter()
+        bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch}", unit="step")
+        for images, targets, _, num_bad in bar:
+            budget.add(len(images) + num_bad, num_bad)
+            if len(images) == 0:
+                continue
+            images, targets = images.to(device), to_device(targets, device)
+            loss, terms = criterion(model(images), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state.step + 1}; lower optim.lr "
+                                         "or check the data (the last metrics.jsonl record shows the terms)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            now = time.perf_counter()
+            record = step_record(state.step, epoch, loss.item(), {k: v.item() for k, v in terms.items()}, lr,
+                                 len(images) / max(now - tick, 1e-9))
+            tick = now
+            metrics_log.append(record)
+            _call(hooks, "on_step", record)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+        state.epoch = epoch
+        finished = state.step >= steps
+        if finished or epoch % cfg.train.eval_every == 0:
+            metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress)
+            last_metrics = metrics
+            eval_record = {"step": state.step, "epoch": epoch, **metrics}
+            eval_log.append(eval_record)
+            _call(hooks, "on_eval", eval_record)
+            log.info("epoch %d: keypoints/AP %.4f bbox/AP %.4f", epoch, metrics.get("keypoints/AP", -1),
+                     metrics.get("bbox/AP", -1))
+            if metrics.get(BEST_METRIC, float("-inf")) > state.best:
+                state.best = metrics[BEST_METRIC]
+                write_json_atomic(results, run_dir / BEST_PREDICTIONS)
+                path = save_atomic(_checkpoint(cfg, model, optimizer, scheduler, state), run_dir / BEST_CHECKPOINT)
+                _call(hooks, "on_checkpoint", path, True)
+        if finished or epoch % cfg.train.checkpoint_every == 0:
+            path = save_atomic(_checkpoint(cfg, model, optimizer, scheduler, state), run_dir / LAST_CHECKPOINT)
+            _call(hooks, "on_checkpoint", path, False)
+    return {**last_metrics, "step": state.step, "epoch": state.epoch}
+
+
+def _checkpoint(cfg: Config, model, optimizer, scheduler, state: RunState) -> dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
+            "epoch": state.epoch, "step": state.step, "best": state.best}
+
+
+def _restore(path: Path, cfg: Config, model, optimizer, scheduler) -> RunState:
+    ckpt = load_checkpoint(path)
+    saved = config_from_dict(ckpt["config"], str(path))
+    if saved.model != cfg.model:
+        raise ValueError(f"{path} was trained with a different model config ({saved.model}); "
+                         "resume with the run's own config.yaml")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return RunState(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt.get("best", float("-inf")))

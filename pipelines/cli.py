@@ -1,0 +1,193 @@
+"""The `pgnet` command: train, eval, predict, data synth, bench, sweep, report, demo.
+
+Each sub-command is a small function; Ray is imported only by the commands
+that need it. User errors print one line that says what to do, not a traceback
+(`--debug` shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pgnet.config import ConfigError, load_config
+
+log = logging.getLogger("pgnet")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """`512`, `256x192` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512 or 256x192, got {text!r}") from None
+    if len(dims) == 1:
+        return dims[0], dims[0]
+    if len(dims) == 2:
+        return dims[0], dims[1]
+    raise argparse.ArgumentTypeError(f"size must look like 512 or 256x192, got {text!r}")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.tracking import tracking_hooks
+    cfg = load_config(args.config, args.set)
+    with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow) as hooks:
+        if cfg.pipeline.stages >= 1:
+            from pipelines.pipeline_train import train_on_ray
+            summary = train_on_ray(cfg, args.run_dir, resume=args.resume, mlflow=hooks[0] if hooks else None)
+        else:
+            from pgnet.train import train
+            summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet, hooks=hooks)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from pgnet.evaluation import format_metrics_table
+    metrics = {k: v for k, v in summary.items() if k.startswith(("keypoints/", "bbox/"))}
+    if metrics:
+        print(format_metrics_table(metrics))
+    print(f"steps: {summary.get('step')}, epochs: {summary.get('epoch')}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pgnet.evaluation import evaluate, format_metrics_table, write_metrics_json
+    if args.predictions:
+        if not args.annotations:
+            raise ConfigError("--predictions needs --annotations GT.json (the ground truth to score against)")
+        metrics = evaluate(args.annotations, args.predictions)
+    else:
+        if not (args.checkpoint and args.data):
+            raise ConfigError("give either --annotations GT.json --predictions RESULTS.json, "
+                              "or --checkpoint CKPT --data DIR [--split val2017]")
+        metrics = _eval_checkpoint(args)
+    print(format_metrics_table(metrics))
+    if args.out:
+        write_metrics_json(metrics, args.out)
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> dict[str, float]:
+    import json
+    from pgnet.data.dataset import CocoKeypoints
+    from pgnet.engine import evaluate_model, resolve_device
+    from pgnet.predict import load_for_inference
+    model, cfg = load_for_inference(args.checkpoint)
+    if args.flip:
+        cfg.eval.flip_test = True
+    cfg.eval.max_images = args.max_images
+    device = resolve_device(args.device)
+    dataset = CocoKeypoints(args.data, args.split, input_size=tuple(cfg.data.input_size),
+                            max_people=cfg.data.max_people, train=False)
+    metrics, results = evaluate_model(model.to(device), dataset, cfg.eval, device, progress=not args.quiet)
+    if args.results_out:
+        Path(args.results_out).write_text(json.dumps(results))
+        print(f"COCO results written to {args.results_out}")
+    return metrics
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pgnet.predict import predict_files
+    out = predict_files(args.checkpoint, args.images, args.out, draw_threshold=args.score_threshold)
+    print(f"drawn images and {out} written to {args.out}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from pgnet.data.synthetic import write_synthetic_dataset
+    paths = write_synthetic_dataset(args.out, args.images, args.val_images, args.seed, args.size, progress=True)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from pgnet.bench import run_model_benchmark
+    run_model_benchmark(args.backbones, args.sizes, args.batch, args.repeats, args.threads,
+                        None if args.no_compare else args.compare_size)
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train PGNet (single process, or pipeline-parallel on Ray)")
+    p.add_argument("--config", default="cpu_small", help="YAML file or bundled config name (default: cpu_small)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
+    p.add_argument("--run-dir", required=True, help="where metrics, checkpoints and the config go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO key-point and box AP of a results file or a checkpoint")
+    p.add_argument("--annotations", help="ground-truth COCO key-point file")
+    p.add_argument("--predictions", help="COCO results JSON to score")
+    p.add_argument("--checkpoint", help="a checkpoint to run on --data first")
+    p.add_argument("--data", help="COCO-layout root (annotations/ and <split>/)")
+    p.add_argument("--split", default="val2017")
+    p.add_argument("--flip", action="store_true", help="flip test")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images (0: all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--results-out", help="also write the model's COCO results here")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="draw detected people on images and write COCO results")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="draw people above this score")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="data utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    s = data_sub.add_parser("synth", help="write the synthetic COCO-layout data set")
+    s.add_argument("--out", required=True)
+    s.add_argument("--images", type=int, default=512, help="training images")
+    s.add_argument("--val-images", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=_size, default=(256, 256), help="image size, e.g. 256 or 240x320 (h x w)")
+    s.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    b = bench_sub.add_parser("model", help="PGNet images/s per backbone, and against Keypoint R-CNN")
+    b.add_argument("--backbones", nargs="+", default=["resnet18", "resnet34", "resnet50", "resnet101"])
+    b.add_argument("--sizes", nargs="+", type=_size, default=[(256, 192), (512, 512)])
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--compare-size", type=_size, default=(512, 512))
+    b.add_argument("--no-compare", action="store_true", help="skip Keypoint R-CNN")
+    b.set_defaults(func=cmd_bench_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+        if args.debug:
+            raise
+        print(f"pgnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`pgnet train` with `pipeline.stages >= 1`: PGNet pipeline-parallel (x data-parallel) on Ray Train.
+
+The driver reads the annotation file, measures and prints the stage balance,
+and runs a `TorchTrainer` of S x D workers (`pipelines.worker`). `--resume`
+continues from the run's newest complete checkpoint, with any stage count.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pgnet.config import Config, save_config
+from pgnet.data.dataset import coco_paths
+from pgnet.data.records import load_coco_records
+from pgnet.data.source import resolve_data_root
+from pgnet.metrics_log import METRICS_FILE
+from pgnet.train import seeded_model, total_steps
+from pipelines.balance import costs_to_json, measure_unit_costs, partition, stage_table
+from pipelines.ray_runtime import ensure_ray
+from pipelines.schedules import virtual_stages
+from pipelines.shards import META
+from pipelines.worker import train_loop_per_worker
+
+log = logging.getLogger("pgnet.pipeline")
+
+BALANCE_FILE = "balance.json"
+
+
+def choose_balance(cfg: Config, run_dir: Path | None = None, print_fn=print) -> list[int]:
+    """Units per pipeline piece: `pipeline.balance`, or cut from measured unit costs (printed)."""
+    pieces = cfg.pipeline.stages * virtual_stages(cfg.pipeline.schedule, cfg.pipeline.virtual_stages)
+    model = seeded_model(cfg)
+    microbatch = cfg.train.batch_size // cfg.pipeline.data_parallel // cfg.pipeline.microbatches
+    costs = measure_unit_costs(model, tuple(cfg.data.input_size), max(1, microbatch))
+    balance = list(cfg.pipeline.balance) if cfg.pipeline.balance else partition([c.seconds for c in costs], pieces)
+    if len(balance) != pieces:
+        raise ValueError(f"pipeline.balance has {len(balance)} entries but the run needs {pieces} "
+                         "(stages x virtual stages for interleaved_1f1b)")
+    table, imbalance = stage_table(costs, balance)
+    source = "pipeline.balance" if cfg.pipeline.balance else "measured forward+backward time"
+    print_fn(f"stage balance ({source}, micro-batch {microbatch}):\n{table}")
+    if run_dir is not None:
+        (run_dir / BALANCE_FILE).write_text(json.dumps(
+            {"balance": balance, "imbalance": imbalance, "units": costs_to_json(costs)}, indent=1))
+    return balance
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete pipeline checkpoint under `run_dir/ray` (Ray Train's storage)."""
+    found = sorted((p for p in (run_dir / "ray").glob("*/checkpoint_*") if (p / META).exists()),
+                   key=lambda p: torch.load(p / META, weights_only=False)["step"])
+    return Checkpoint.from_directory(str(found[-1])) if found else None
+
+
+def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None,
+                 mlflow=None, trace_samples: bool = False,
+                 measure_memory: bool = False, concurrent_runs: int = 1) -> dict[str, Any]:
+    """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...)."""
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
+        log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
+    if not resume and (run_dir / METRICS_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
+    ensure_ray(cfg, concurrent_runs)
+    root = resolve_data_root(cfg.data)
+    records, counts = load_coco_records(*coco_paths(root, cfg.data.train_split))
+    steps = total_steps(cfg, len(records))
+    balance = choose_balance(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    workers = cfg.pipeline.stages * cfg.pipeline.data_parallel
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "records": ray.put(records),
+                           "balance": balance, "total_steps": steps,
+                           "mlflow_run_id": mlflow.run_id if mlflow else None,
+                           "mlflow_uri": mlflow.client.tracking_uri if mlflow else None,
+                           "trace_samples": trace_samples, "measure_memory": measure_memory},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or []),
+        resume_from_checkpoint=resume_from,
+    )
+    log.info("training %d steps on %d Ray Train workers (%d stages x %d replicas, %s, %d micro-batches)",
+             steps, workers, cfg.pipeline.stages, cfg.pipeline.data_parallel, cfg.pipeline.schedule,
+             cfg.pipeline.microbatches)
+    result = trainer.fit()
+    return dict(result.metrics or {})

@@ -1,0 +1,50 @@
+"""Starting or joining Ray with a resource plan that cannot deadlock.
+
+Ray Data's read and map tasks need CPU slots of their own beside the Train
+workers (with too few, a Tune trial + 2 workers + Ray Data waits forever on
+"backpressured: ResourceBudget"), so a local Ray gets logical CPUs for both.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import ray
+
+from pgnet.config import Config
+
+log = logging.getLogger("pgnet.ray")
+
+DATA_CPUS = 2  # logical CPU slots kept free for Ray Data tasks
+
+
+def workers_per_run(cfg: Config) -> int:
+    return max(1, cfg.pipeline.stages) * cfg.pipeline.data_parallel
+
+
+def cpus_per_run(cfg: Config) -> float:
+    return workers_per_run(cfg) * cfg.ray.cpus_per_worker
+
+
+def local_cpus(cfg: Config, concurrent_runs: int = 1) -> int:
+    """Logical CPUs for a local Ray: every concurrent run's workers, plus Ray Data's slots."""
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    needed = concurrent_runs * cpus_per_run(cfg) + DATA_CPUS + 0.5 * concurrent_runs
+    return max(os.cpu_count() or 1, math.ceil(needed))
+
+
+def ensure_ray(cfg: Config, concurrent_runs: int = 1) -> None:
+    """Join `ray.address` ("auto", "ray://host:10001"), or start a local Ray sized by `local_cpus`."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}
+    if cfg.ray.address:
+        log.info("joining the Ray cluster at %s", cfg.ray.address)
+        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        return
+    cpus = local_cpus(cfg, concurrent_runs)
+    log.info("starting a local Ray with %d logical CPUs", cpus)
+    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
+             configure_logging=True, logging_level=logging.WARNING)

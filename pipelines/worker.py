@@ -1,0 +1,226 @@
+"""The Ray Train worker loop of pipeline-parallel PGNet training (one worker = one stage of one replica).
+
+Per step: the replica's first stage pulls a batch from Ray Data and ships its
+targets to the last stage; the schedule runs the micro-batches; every rank
+learns the loss. Per epoch: rank 0 evaluates the gathered model; every stage
+saves its shard and all workers report together.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from pgnet.checkpoint import save_atomic, write_json_atomic
+from pgnet.config import Config, config_from_dict
+from pgnet.data.order import steps_per_epoch
+from pgnet.engine import evaluate_model
+from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
+from pgnet.train import BEST_CHECKPOINT, BEST_METRIC, BEST_PREDICTIONS, BadSampleBudget, seeded_model, training_datasets
+from pipelines.data_feed import FeedStats, epoch_dataset, full_batches, replica_rows
+from pipelines.memory import SavedActivationMeter
+from pipelines.pipeline_step import PipelineRunner
+from pipelines.shards import load_shards, write_shard_checkpoint
+from pipelines.topology import Topology, make_groups
+
+log = logging.getLogger("pgnet.worker")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker; `config` comes from `pipelines.pipeline_train`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_from_dict(config["config"], "pipeline config")
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    topo = Topology(cfg.pipeline.stages, cfg.pipeline.data_parallel, ctx.get_world_rank())
+    torch.set_num_threads(max(1, cfg.train.threads or int(cfg.ray.cpus_per_worker)))
+    groups = make_groups(topo)
+    device = ray.train.torch.get_device()
+    records = ray.get(config["records"]) if topo.first else []
+    steps_total = config["total_steps"]
+
+    model = seeded_model(cfg)
+    runner = PipelineRunner(cfg, topo, groups, model, config["balance"], steps_total, device)
+    if topo.rank != 0:
+        del model  # only the stage modules stay alive here
+    state = {"epoch": 0, "step": 0, "best": float("-inf")}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_shards(Path(folder), runner)
+        log.info("rank %d resumed at step %d (epoch %d)", topo.rank, state["step"], state["epoch"])
+
+    metrics_log = JsonlLog(run_dir / METRICS_FILE) if topo.rank == 0 else None
+    eval_log = JsonlLog(run_dir / EVALUATIONS_FILE) if topo.rank == 0 else None
+    if topo.rank == 0:
+        metrics_log.truncate_after(state["step"])
+        eval_log.truncate_after(state["step"])
+        _, val_set = training_datasets(cfg, progress=False)
+    hooks = _mlflow_hooks(config) if topo.rank == 0 else None
+    trace = _trace_file(run_dir, topo) if config.get("trace_samples") else None
+    meter = SavedActivationMeter() if config.get("measure_memory") else None
+
+    runner.train()
+    budget = BadSampleBudget(cfg.data.max_bad_fraction)
+    per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
+    while state["step"] < steps_total:
+        epoch = state["epoch"] + 1
+        stats = FeedStats()
+        batches = None
+        if topo.first:
+            rows = replica_rows(records, cfg, epoch, topo.replica)
+            batches = full_batches(epoch_dataset(rows, cfg, epoch), per_replica, stats)
+        epoch_losses, tick, step_seconds = [], time.perf_counter(), []
+        while state["step"] < steps_total:
+            batch = next(batches, None) if topo.first else None
+            if not _all_have_batch(batch is not None or not topo.first):
+                break
+            images, packed, ids = _exchange_batch(batch, topo, runner, per_replica)
+            if trace is not None:
+                _trace(trace, state["step"] + 1, ids, images, packed, topo)
+            if meter is not None:
+                with meter:
+                    loss, terms, lr = runner.step(images, packed)
+            else:
+                loss, terms, lr = runner.step(images, packed)
+            state["step"] += 1
+            now = time.perf_counter()
+            step_seconds.append(now - tick)
+            record = step_record(state["step"], epoch, loss, terms, lr, cfg.train.batch_size / (now - tick))
+            tick = now
+            epoch_losses.append(loss)
+            if topo.rank == 0:
+                metrics_log.append(record)
+                if hooks is not None:
+                    hooks.on_step(record)
+                if state["step"] % cfg.train.log_every == 0 or state["step"] == 1:
+                    log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f images/s", epoch, state["step"],
+                             steps_total, loss, lr, record["images_per_s"])
+        if topo.first:
+            budget.add(stats.seen, stats.bad)
+        state["epoch"] = epoch
+        finished = state["step"] >= steps_total
+        report = {"epoch": epoch, "step": state["step"],
+                  "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                  **_feed_metrics(stats, step_seconds, meter, topo)}
+        if finished or epoch % cfg.train.eval_every == 0:
+            metrics = _evaluate_on_rank0(runner, topo, cfg, model if topo.rank == 0 else None,
+                                         val_set if topo.rank == 0 else None, device, state, run_dir)
+            if topo.rank == 0:
+                report.update(metrics)
+                eval_record = {"step": state["step"], "epoch": epoch, **metrics}
+                eval_log.append(eval_record)
+                if hooks is not None:
+                    hooks.on_eval(eval_record)
+        if hooks is not None:
+            hooks.flush()
+        save = finished or epoch % cfg.train.checkpoint_every == 0
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = write_shard_checkpoint(Path(folder), runner, topo, cfg, state) if save else None
+            ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
+    if trace is not None:
+        trace.close()
+
+
+def _mlflow_hooks(config: dict[str, Any]):
+    """Rank 0 streams step and evaluation metrics into the driver's MLflow run."""
+    if not config.get("mlflow_run_id"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import MlflowHooks
+    return MlflowHooks(MlflowClient(config["mlflow_uri"]), config["mlflow_run_id"])
+
+
+def _all_have_batch(have: bool) -> bool:
+    """Every replica's first stage has a batch (so all ranks take this step together)."""
+    flag = torch.tensor([1 if have else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _exchange_batch(batch: dict[str, np.ndarray] | None, topo: Topology, runner: PipelineRunner,
+                    per_replica: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(images on the first stage, packed targets on the last stage, image ids on both)."""
+    images = packed = ids = None
+    if topo.first:
+        images = torch.from_numpy(batch["image"])
+        packed = runner.packer.pack({k: torch.from_numpy(batch[k]) for k, _, _ in runner.packer.layout})
+        ids = torch.from_numpy(batch["image_id"]).to(torch.int64)
+        if not topo.last:
+            dist.send(packed.contiguous(), dst=topo.last_stage_rank)
+            dist.send(ids, dst=topo.last_stage_rank)
+    elif topo.last:
+        packed = torch.empty(per_replica, runner.packer.width, dtype=torch.float32)
+        ids = torch.empty(per_replica, dtype=torch.int64)
+        first = topo.rank_of(topo.replica, 0)
+        dist.recv(packed, src=first)
+        dist.recv(ids, src=first)
+    return images, (packed if topo.last else None), ids
+
+
+def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, model, val_set, device,
+                       state: dict, run_dir: Path) -> dict[str, float]:
+    """Gather replica 0's stage shards to rank 0, which evaluates the whole model on the validation split."""
+    shard = {k: v.cpu() for k, v in runner.shard()["model"].items()} if topo.replica == 0 else None
+    gathered = [None] * dist.get_world_size() if topo.rank == 0 else None
+    dist.gather_object(shard, gathered, dst=0)
+    metrics: dict[str, float] = {}
+    if topo.rank == 0:
+        full = {}
+        for part in gathered:
+            full.update(part or {})
+        model.load_state_dict(full)
+        metrics, results = evaluate_model(model.to(device), val_set, cfg.eval, device, progress=False)
+        runner.train()
+        if metrics.get(BEST_METRIC, float("-inf")) > state["best"]:
+            state["best"] = metrics[BEST_METRIC]
+            write_json_atomic(results, run_dir / BEST_PREDICTIONS)
+            save_atomic({"model": full, "config": cfg.to_dict(), "epoch": state["epoch"], "step": state["step"],
+                         "best": state["best"]}, run_dir / BEST_CHECKPOINT)
+        log.info("epoch %d: keypoints/AP %.4f bbox/AP %.4f", state["epoch"], metrics.get("keypoints/AP", -1),
+                 metrics.get("bbox/AP", -1))
+    best = [state["best"]]
+    dist.broadcast_object_list(best, src=0)
+    state["best"] = best[0]
+    return metrics
+
+
+def _feed_metrics(stats: FeedStats, step_seconds: list[float], meter, topo: Topology) -> dict[str, float]:
+    """Data-wait fraction (first stage of replica 0) and peak saved activations (every stage)."""
+    values = torch.zeros(2 + topo.stages, dtype=torch.float64)
+    if topo.first and topo.replica == 0 and step_seconds:
+        values[0] = stats.wait_seconds
+        values[1] = sum(step_seconds)
+    if meter is not None and topo.replica == 0:
+        values[2 + topo.stage] = meter.peak_bytes / 2**20
+    dist.all_reduce(values)
+    out = {"data_wait_fraction": float(values[0] / values[1]) if values[1] > 0 else 0.0}
+    if meter is not None:
+        out.update({f"peak_activation_mb/stage{s}": float(values[2 + s]) for s in range(topo.stages)})
+    return out
+
+
+def _trace_file(run_dir: Path, topo: Topology):
+    folder = run_dir / "sample_trace"
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / f"rank{topo.rank}.jsonl").open("a")
+
+
+def _trace(file, step: int, ids, images, packed, topo: Topology) -> None:
+    """What this stage saw: image ids, and a checksum of its images (first) or targets (last)."""
+    import json
+    entry = {"step": step, "stage": topo.stage, "replica": topo.replica, "ids": ids.tolist() if ids is not None else []}
+    if images is not None:
+        entry["image_sum"] = float(images.double().sum())
+    if packed is not None and topo.last:
+        entry["target_sum"] = float(packed.double().sum())
+    file.write(json.dumps(entry) + "\n")
+    file.flush()

@@ -1,0 +1,347 @@
+"""Tests of pgnet.codec: Gaussian peaks, target encoding, decoding, flip test and COCO results.
+
+The round trip (ground truth -> targets -> perfect outputs -> decode) is scored with pycocotools through
+pgnet.evaluation on the real COCO sample and on a synthetic set; the other checks use hand-computed values.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from pgnet.codec import (
+    TARGET_KEYS,
+    coco_results,
+    decode_outputs,
+    detections_to_coco,
+    draw_gaussian,
+    encode_targets,
+    flip_merge,
+    gaussian_2d,
+    gaussian_radius,
+    heatmap_radius,
+    oracle_outputs,
+    to_image_coords,
+)
+from pgnet.config import AugmentConfig, LossConfig
+from pgnet.data import collate_samples, load_coco_records, make_sample, write_synthetic_coco
+from pgnet.evaluation import evaluate
+from pgnet.losses.criterion import PGNetLoss
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/coco_sample"
+SAMPLE_ANN = SAMPLE / "annotations/person_keypoints_val2017.json"
+J = 17
+MIRROR = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, translate=0.0, flip=1.0, color=0.0)
+
+
+# ---------------------------------------------------------------- Gaussian peaks
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 5, 9])
+def test_gaussian_2d_is_the_sampled_gaussian(radius):
+    sigma = (2 * radius + 1) / 6
+    ref = np.array([[math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
+                     for dx in range(-radius, radius + 1)] for dy in range(-radius, radius + 1)])
+    assert_close(torch.from_numpy(gaussian_2d(radius)), torch.from_numpy(ref), rtol=0, atol=1e-15)
+    assert gaussian_2d(radius)[radius, radius] == 1.0
+
+
+@pytest.mark.parametrize("center", [(0, 0), (11, 7), (3, 5), (11, 0), (6, 3)])
+@pytest.mark.parametrize("radius", [0, 2, 4])
+def test_draw_gaussian_cuts_at_borders_and_keeps_the_max(center, radius):
+    h, w = 8, 12
+    base = np.random.default_rng(0).uniform(0, 0.6, (h, w)).astype(np.float32)
+    out = draw_gaussian(base.copy(), center, radius)
+    sigma = (2 * radius + 1) / 6
+    ref = base.copy()
+    for y in range(h):  # independent reference: evaluate the peak at every pixel in reach
+        for x in range(w):
+            dx, dy = x - center[0], y - center[1]
+            if abs(dx) <= radius and abs(dy) <= radius:
+                ref[y, x] = max(ref[y, x], math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)))
+    assert_close(torch.from_numpy(out), torch.from_numpy(ref), rtol=0, atol=1e-6)
+    assert out[center[1], center[0]] == 1.0
+
+
+def test_gaussian_radius_scales_with_the_object():
+    # every root of CornerNet's quadratics is homogeneous of degree 1 in (h, w)
+    for h, w in [(10, 20), (3, 3), (50, 17)]:
+        assert gaussian_radius(4 * h, 4 * w) == pytest.approx(4 * gaussian_radius(h, w))
+    assert gaussian_radius(20, 20, min_overlap=0.5) > gaussian_radius(20, 20, min_overlap=0.9)
+    # 10 x 10 at overlap 0.7: CenterNet's third root (b3 = -28, 4 a3 c3 = -16*0.7*0.3*100) is the smallest
+    assert gaussian_radius(10, 10) == pytest.approx((-28 + math.sqrt(28 ** 2 + 16 * 0.7 * 0.3 * 100)) / 2)
+    assert heatmap_radius(1.0, 1.0) == 0 and heatmap_radius(40, 40) > heatmap_radius(10, 10)
+
+
+# ---------------------------------------------------------------- encoding
+
+def one_person(box, points: dict[int, tuple[float, float]]):
+    kps = np.zeros((1, J, 3), np.float32)
+    for j, (x, y) in points.items():
+        kps[0, j] = (x, y, 2)
+    return np.asarray([box], np.float32), kps
+
+
+@pytest.mark.parametrize("input_size", [(128, 128), (256, 192), (64, 96)])
+def test_targets_follow_the_contract(input_size):
+    boxes, kps = one_person([10, 12, 50, 60], {0: (20, 20), 5: (30, 40)})
+    t = encode_targets(boxes, kps, np.zeros((0, 4)), input_size, max_people=5)
+    h, w = input_size[0] // 4, input_size[1] // 4
+    shapes = {"hm": (1, h, w), "hm_hp": (J, h, w), "hm_weight": (1, h, w), "ind": (5,), "mask": (5,),
+              "box": (5, 4), "reg": (5, 2), "kps": (5, 2 * J), "kps_mask": (5, 2 * J), "hp_ind": (5 * J,),
+              "hp_offset": (5 * J, 2), "hp_mask": (5 * J,)}
+    assert set(t) == set(TARGET_KEYS) == set(shapes)
+    for key, shape in shapes.items():
+        assert t[key].shape == shape, key
+        assert t[key].dtype == (np.int64 if key in ("ind", "hp_ind") else np.float32), key
+
+
+def test_encoding_of_one_person_by_hand():
+    # input px -> output px (/4): box (10.25, 20.5, 26.75, 50.75), centre (18.5, 35.625)
+    boxes, kps = one_person([41, 82, 107, 203], {0: (50, 90), 9: (-8, 100), 15: (420, 100)})
+    kps[0, 3] = (60, 100, 0)  # unlabelled
+    t = encode_targets(boxes, kps, np.zeros((0, 4)), (256, 256), max_people=4)
+    w = 64
+    assert t["mask"].tolist() == [1, 0, 0, 0]
+    assert t["ind"][0] == 35 * w + 18
+    assert_close(torch.from_numpy(t["box"][0]), torch.tensor([10.25, 20.5, 26.75, 50.75]))
+    assert_close(torch.from_numpy(t["reg"][0]), torch.tensor([0.5, 0.625]))
+    assert t["hm"][0, 35, 18] == 1.0 and t["hm"].max() == 1.0
+    # nose (50, 90) -> (12.5, 22.5): offset from the integer centre (18, 35)
+    assert_close(torch.from_numpy(t["kps"][0, 0:2]), torch.tensor([-5.5, -12.5]))
+    assert t["kps_mask"][0].tolist() == [1, 1] + [0] * 32  # outside (-8, 420) and unlabelled masked
+    assert t["hp_mask"][:J].tolist() == [1] + [0] * 16
+    assert t["hp_ind"][0] == 22 * w + 12
+    assert_close(torch.from_numpy(t["hp_offset"][0]), torch.tensor([0.5, 0.5]))
+    assert t["hm_hp"][0, 22, 12] == 1.0
+    assert t["hm_hp"][1:].max() == 0  # no peaks for masked key points
+    radius = heatmap_radius(50.75 - 20.5, 26.75 - 10.25)
+    assert np.count_nonzero(t["hm"][0]) == np.count_nonzero(gaussian_2d(radius))
+    assert (t["hm_weight"] == 1).all()
+
+
+def test_largest_people_keep_the_slots():
+    boxes = np.array([[0, 0, 20, 20], [40, 40, 120, 120], [200, 10, 240, 90]], np.float32)
+    kps = np.zeros((3, J, 3), np.float32)
+    t = encode_targets(boxes, kps, np.zeros((0, 4)), (256, 256), max_people=2)
+    assert t["mask"].tolist() == [1, 1]
+    assert_close(torch.from_numpy(t["box"]), torch.from_numpy(boxes[[1, 2]] / 4))
+    # the dropped (smallest) person is still a heatmap positive, not background
+    assert t["hm"][0, 2, 2] == 1.0 and (t["hm"] == 1).sum() == 3
+
+
+def test_people_outside_the_map_are_dropped():
+    boxes = np.array([[300, 10, 340, 60], [20, 20, 60, 90], [-50, -50, -10, -5]], np.float32)
+    kps = np.zeros((3, J, 3), np.float32)
+    kps[0, 0] = (320, 30, 2)
+    t = encode_targets(boxes, kps, np.zeros((0, 4)), (128, 256), max_people=4)
+    assert t["mask"].tolist() == [1, 0, 0, 0]
+    assert_close(torch.from_numpy(t["box"][0]), torch.tensor([5.0, 5.0, 15.0, 22.5]))
+    assert (t["hm"] == 1).sum() == 1 and t["hp_mask"].sum() == 0
+
+
+def test_crowd_regions_are_ignored_not_positives():
+    boxes, kps = one_person([10, 10, 50, 70], {0: (20, 20)})
+    crowd = np.array([[120, 40, 201, 101]], np.float32)  # output (30, 10, 50.25, 25.25)
+    t = encode_targets(boxes, kps, crowd, (128, 256), max_people=4)
+    weight = t["hm_weight"][0]
+    expected = np.ones_like(weight)
+    expected[10:26, 30:51] = 0  # every cell the box touches
+    assert_close(torch.from_numpy(weight), torch.from_numpy(expected))
+    assert t["hm"][0, 10:26, 30:51].max() == 0 and t["mask"].sum() == 1
+
+
+def test_people_without_keypoints_get_box_targets_only():
+    boxes = np.array([[10, 10, 50, 70]], np.float32)
+    t = encode_targets(boxes, np.zeros((1, J, 3)), np.zeros((0, 4)), (128, 128), max_people=4)
+    assert t["mask"][0] == 1 and t["hm"].max() == 1
+    assert t["kps_mask"].sum() == 0 and t["hp_mask"].sum() == 0 and t["hm_hp"].max() == 0
+
+
+@pytest.mark.parametrize("crowd", [np.zeros((0, 4)), np.array([[8.0, 8.0, 40.0, 24.0]])])
+def test_an_image_without_people_has_empty_targets(crowd):
+    t = encode_targets(np.zeros((0, 4)), np.zeros((0, J, 3)), crowd, (64, 64), max_people=3)
+    assert t["mask"].sum() == 0 and t["hm"].max() == 0 and t["hm_hp"].max() == 0 and t["hp_mask"].sum() == 0
+    assert (t["hm_weight"] == 0).sum() == (0 if len(crowd) == 0 else 8 * 4)
+
+
+def test_mismatched_keypoints_are_rejected():
+    with pytest.raises(ValueError, match=r"keypoints must be \(2, 17, 3\)"):
+        encode_targets(np.zeros((2, 4)), np.zeros((1, J, 3)), np.zeros((0, 4)), (64, 64), max_people=3)
+
+
+def test_oracle_outputs_have_zero_regression_loss():
+    """The targets meet the loss's contract: perfect outputs give zero box/offset losses."""
+    boxes, kps = one_person([41, 82, 107, 203], {0: (50, 90), 5: (70, 120)})
+    t = encode_targets(boxes, kps, np.zeros((0, 4)), (256, 256), max_people=4)
+    targets = {k: torch.from_numpy(v).unsqueeze(0) for k, v in t.items()}
+    terms = PGNetLoss(LossConfig(box="giou"), guidance=False).terms(oracle_outputs(targets), targets)
+    for name in ("box", "reg", "kps", "hp_offset"):
+        assert terms[name].abs().item() < 1e-5, name
+
+
+# ---------------------------------------------------------------- decoding
+
+def batch(records, input_size, augment=None, train=False):
+    samples = [make_sample(r, input_size=input_size, max_people=32, augment=augment, seed=0, epoch=0,
+                           train=train) for r in records]
+    return collate_samples(samples)
+
+
+@pytest.fixture(scope="module")
+def sample_records():
+    return load_coco_records(SAMPLE_ANN, SAMPLE / "val2017")[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    ann = write_synthetic_coco(root, "val", num_images=20, seed=3)
+    return ann, load_coco_records(ann, root / "val")[0]
+
+
+# 640 x 640 for the COCO sample: at 512 the face points of its smallest person (30 x 96 px) share
+# output cells, and one `hp_offset` map cannot hold two offsets in one cell.
+@pytest.mark.parametrize("data,input_size", [("coco_sample", (640, 640)), ("synthetic", (512, 512))])
+def test_round_trip_scores_perfect_ap(data, input_size, sample_records, synthetic_set):
+    ann, records = (SAMPLE_ANN, sample_records) if data == "coco_sample" else synthetic_set
+    _, targets, meta, num_bad = batch(records, input_size)
+    assert num_bad == 0
+    assert targets["mask"].sum() == sum(r.num_people for r in records)  # nobody lost by the letterbox
+    results = coco_results(oracle_outputs(targets), meta["image_id"].tolist(), meta["inv_affine"], top_k=32)
+    metrics = evaluate(ann, results)
+    assert metrics["keypoints/AP"] >= 0.99, metrics
+    assert metrics["bbox/AP"] >= 0.99, metrics
+
+
+def test_decoded_people_equal_the_targets(sample_records):
+    _, targets, _, _ = batch(sample_records, (640, 640))
+    detections = decode_outputs(oracle_outputs(targets), top_k=32)
+    for i, det in enumerate(detections):
+        n = int(targets["mask"][i].sum())
+        assert (det["scores"][:n] > 0.99).all() and (det["scores"][n:] < 0.01).all()
+        order = np.argsort(det["boxes"][:n, 0])
+        truth = np.argsort(targets["box"][i, :n, 0].numpy())
+        assert_close(torch.from_numpy(det["boxes"][:n][order]), targets["box"][i, :n][truth], atol=1e-4, rtol=0)
+        centre = torch.stack([targets["ind"][i, :n] % 160, targets["ind"][i, :n] // 160], -1).float()
+        want = (targets["kps"][i, :n].reshape(n, J, 2) + centre[:, None])[truth]
+        labelled = (targets["hp_mask"][i, :n * J].reshape(n, J) > 0)[truth]
+        # two key points in one output cell share one hp_offset: the snapped point is off by < 1 cell
+        cells = targets["hp_ind"][i, :n * J].reshape(n, J)[truth]
+        shared = torch.tensor([[(cells[labelled] == c).sum() > 1 for c in row] for row in cells]) & labelled
+        got = torch.from_numpy(det["keypoints"][:n][order])
+        exact = labelled & ~shared
+        assert exact.sum() > 0.8 * labelled.sum()
+        assert_close(got[..., :2][exact], want[exact], atol=1e-4, rtol=0)
+        assert ((got[..., :2][shared] - want[shared]).abs() < 1).all()
+        assert (got[..., 2][labelled] > 0.99).all()
+
+
+def outputs_with_one_person(kp_peak=None, peak_score=0.9):
+    """Outputs (32 x 32 map) of one person centred at (10, 12) with its nose regressed to (8, 6)."""
+    h = w = 32
+    out = {"hm": torch.full((1, 1, h, w), -9.0), "wh": torch.zeros(1, 2, h, w), "reg": torch.zeros(1, 2, h, w),
+           "kps": torch.zeros(1, 2 * J, h, w), "hm_hp": torch.full((1, J, h, w), -9.0),
+           "hp_offset": torch.zeros(1, 2, h, w)}
+    out["hm"][0, 0, 12, 10] = 4.0
+    out["wh"][0, :, 12, 10] = torch.tensor([10.0, 20.0])  # box (5, 2, 15, 22)
+    out["reg"][0, :, 12, 10] = torch.tensor([0.0, 0.0])
+    out["kps"][0, 0:2, 12, 10] = torch.tensor([-2.0, -6.0])  # nose regressed at (8, 6)
+    if kp_peak is not None:
+        x, y = kp_peak
+        out["hm_hp"][0, 0, int(y), int(x)] = math.log(peak_score / (1 - peak_score))
+        out["hp_offset"][0, :, int(y), int(x)] = torch.tensor([x % 1, y % 1])
+    return out
+
+
+@pytest.mark.parametrize("peak,snapped", [
+    ((9.25, 7.5), True),  # inside the box, 1.6 px away (< 0.3 x 20)
+    ((13.875, 6.0), True),  # 5.875 px away, just within the limit of 6
+    ((16.5, 6.5), False),  # outside the box (x2 = 15)
+    ((14.5, 14.5), False),  # inside the box but 10.6 px away
+    (None, False),
+])
+def test_keypoints_snap_to_near_heatmap_peaks(peak, snapped):
+    det = decode_outputs(outputs_with_one_person(peak), top_k=4, kp_threshold=0.1)[0]
+    assert_close(torch.from_numpy(det["boxes"][0]), torch.tensor([5.0, 2.0, 15.0, 22.0]))
+    nose = det["keypoints"][0, 0]
+    if snapped:
+        assert_close(torch.from_numpy(nose), torch.tensor([peak[0], peak[1], 0.9]))
+    else:  # the regressed point, with the key-point heatmap's (low) value there
+        assert_close(torch.from_numpy(nose), torch.tensor([8.0, 6.0, torch.sigmoid(torch.tensor(-9.0)).item()]))
+
+
+def test_weak_peaks_are_not_snapped():
+    det = decode_outputs(outputs_with_one_person((9.25, 7.5), peak_score=0.05), kp_threshold=0.1)[0]
+    assert_close(torch.from_numpy(det["keypoints"][0, 0, :2]), torch.tensor([8.0, 6.0]))
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0])
+def test_to_image_coords_maps_points_and_box_corners(angle):
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    inv = np.array([[2 * c, -2 * s, 5.0], [2 * s, 2 * c, -3.0]])
+    det = {"boxes": np.array([[1.0, 2.0, 3.0, 6.0]]), "scores": np.array([0.8]),
+           "keypoints": np.array([[[1.5, 2.5, 0.7]] * J])}
+    out = to_image_coords(det, inv, stride=4)
+    corners = np.array([[4, 8], [12, 8], [4, 24], [12, 24]], float) @ inv[:, :2].T + inv[:, 2]
+    assert_close(torch.from_numpy(out["boxes"][0]).double(),
+                 torch.from_numpy(np.r_[corners.min(0), corners.max(0)]), atol=1e-5, rtol=0)
+    point = np.array([6.0, 10.0]) @ inv[:, :2].T + inv[:, 2]
+    assert_close(torch.from_numpy(out["keypoints"][0, 3]).double(), torch.tensor([*point, 0.7]).double(),
+                 atol=1e-5, rtol=0)
+    assert out["scores"][0] == 0.8
+
+
+def test_flip_merge_of_an_image_and_its_mirror_finds_the_same_people(sample_records):
+    images, targets, _, _ = batch(sample_records, (640, 640))
+    mirrored_images, mirrored_targets, meta, _ = batch(sample_records, (640, 640), augment=MIRROR, train=True)
+    assert meta["flipped"].all()
+    assert_close(mirrored_images, images.flip(-1))  # the mirrored sample is the mirror image
+    outputs = oracle_outputs(targets)
+    plain = decode_outputs(outputs)
+    merged = decode_outputs(flip_merge(outputs, oracle_outputs(mirrored_targets)))
+    for i, (a, b) in enumerate(zip(plain, merged)):
+        n = int(targets["mask"][i].sum())
+        assert_close(torch.from_numpy(b["scores"][:n]), torch.from_numpy(a["scores"][:n]), atol=1e-4, rtol=0)
+        oa, ob = np.argsort(a["boxes"][:n, 0]), np.argsort(b["boxes"][:n, 0])
+        assert_close(torch.from_numpy(b["boxes"][:n][ob]), torch.from_numpy(a["boxes"][:n][oa]), atol=1e-4, rtol=0)
+        truth = np.argsort(targets["box"][i, :n, 0].numpy())
+        labelled = (targets["kps_mask"][i, :n].reshape(n, J, 2)[..., 0] > 0)[truth].numpy()
+        kb, ka = b["keypoints"][:n][ob][labelled], a["keypoints"][:n][oa][labelled]
+        assert_close(torch.from_numpy(kb[:, :2]), torch.from_numpy(ka[:, :2]), atol=1e-4, rtol=0)
+        # a key point on a cell border (integer x) lands one cell over in the mirror (W - x): its
+        # averaged peak is lower there; everywhere else the confidences agree
+        border = ka[:, 0] == np.floor(ka[:, 0])
+        assert_close(torch.from_numpy(kb[~border, 2]), torch.from_numpy(ka[~border, 2]), atol=1e-4, rtol=0)
+        assert (kb[border, 2] > 0.5).all()
+
+
+def test_flip_merge_swaps_left_and_right_heatmaps():
+    outputs = {name: torch.zeros(1, c, 4, 6) for name, c in
+               (("hm", 1), ("wh", 2), ("reg", 2), ("kps", 2 * J), ("hm_hp", J), ("hp_offset", 2))}
+    mirrored = {k: v.clone() for k, v in outputs.items()}
+    mirrored["hm_hp"][0, 9, 1, 0] = 6.0  # the mirror's left wrist at cell x=0 is our right wrist at x=5
+    mirrored["kps"][0, 18:20, 1, 0] = torch.tensor([0.25, -3.0])  # left wrist offset in the mirror
+    merged = flip_merge(outputs, mirrored)
+    p = torch.sigmoid(merged["hm_hp"])
+    assert_close(p[0, 10, 1, 5], (torch.sigmoid(torch.tensor(6.0)) + 0.5) / 2)
+    assert_close(p[0, 9, 1, 5], torch.tensor(0.5))
+    # our right wrist (channels 20, 21) at x=5: dx = 1 - 0.25 (mirror of a cell-corner offset), dy kept
+    assert_close(merged["kps"][0, 20:22, 1, 5], torch.tensor([0.75, -3.0]) / 2)
+
+
+def test_detections_to_coco_keeps_confident_people():
+    det = {"boxes": np.array([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 1.0, 1.0]], np.float32),
+           "scores": np.array([0.9, 0.01], np.float32),
+           "keypoints": np.tile(np.array([15.0, 25.0, 0.5], np.float32), (2, J, 1))}
+    results = detections_to_coco(det, image_id=7, score_threshold=0.05)
+    assert len(results) == 1
+    assert results[0]["bbox"] == [10.0, 20.0, 20.0, 40.0] and results[0]["image_id"] == 7
+    assert results[0]["keypoints"][:3] == [15.0, 25.0, 0.5] and len(results[0]["keypoints"]) == 3 * J
+    assert detections_to_coco(det, image_id=7, score_threshold=0.95) == []
+    nobody = to_image_coords({"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "keypoints": np.zeros((0, J, 3))},
+                             np.eye(2, 3))
+    assert nobody["boxes"].shape == (0, 4) and detections_to_coco(nobody, image_id=7) == []

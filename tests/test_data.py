@@ -1,0 +1,366 @@
+"""Tests of pgnet.data: COCO records and their checks, augmentation, make_sample and the Dataset.
+
+Geometry is checked against the pixels (a dot drawn at a key point is found where its target says),
+randomness against call order, bad input against clear errors and counted skips.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch.testing import assert_close
+from torch.utils.data import DataLoader
+
+from pgnet.codec import TARGET_KEYS
+from pgnet.config import AugmentConfig
+from pgnet.data import (
+    FLIP_INDEX,
+    KEYPOINT_NAMES,
+    META_KEYS,
+    BadSample,
+    CocoKeypoints,
+    ImageRecord,
+    affine_matrix,
+    collate_samples,
+    denormalize_image,
+    load_coco_records,
+    make_sample,
+    write_synthetic_coco,
+)
+from pgnet.data.transforms import AffineParams, color_jitter, transform_points, warp_image
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/coco_sample"
+SAMPLE_ANN = SAMPLE / "annotations/person_keypoints_val2017.json"
+J = 17
+LEFT_WRIST, RIGHT_WRIST = KEYPOINT_NAMES.index("left_wrist"), KEYPOINT_NAMES.index("right_wrist")
+MIRROR = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, translate=0.0, flip=1.0, color=0.0)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_coco_records(SAMPLE_ANN, SAMPLE / "val2017")
+
+
+def sample_of(record, **kwargs):
+    args = dict(input_size=(128, 128), max_people=16, augment=AugmentConfig(), seed=0, epoch=0, train=True)
+    args.update(kwargs)
+    return make_sample(record, **args)
+
+
+def keypoint_positions(sample, stride=4):
+    """(K, 17, 2) key points in input pixels from a sample's targets, and their (K, 17) label mask."""
+    k = len(sample["mask"])
+    w = sample["hm"].shape[-1]
+    cells = sample["hp_ind"].reshape(k, J)
+    points = (np.stack([cells % w, cells // w], -1) + sample["hp_offset"].reshape(k, J, 2)) * stride
+    return points, sample["hp_mask"].reshape(k, J) > 0
+
+
+# ---------------------------------------------------------------- records
+
+def test_coco_sample_records(records):
+    recs, counts = records
+    assert [r.image_id for r in recs] == [785, 40083, 196141, 197388]
+    assert counts["images"] == 4 and counts["people"] == 14 and counts["negative_images"] == 0
+    assert sum(int((r.num_keypoints == 0).sum()) for r in recs) == 2
+    raw = json.loads(SAMPLE_ANN.read_text())
+    first = next(a for a in raw["annotations"] if a["image_id"] == 785)
+    assert_close(torch.from_numpy(recs[0].boxes[0]), torch.tensor(first["bbox"], dtype=torch.float32))
+    assert_close(torch.from_numpy(recs[0].keypoints[0].reshape(-1)),
+                 torch.tensor(first["keypoints"], dtype=torch.float32))
+    assert Path(recs[0].file).is_file()
+    clone = pickle.loads(pickle.dumps(recs[1]))
+    again = ImageRecord.from_dict(recs[1].to_dict())
+    for other in (clone, again):
+        assert other.image_id == recs[1].image_id and other.file == recs[1].file
+        assert_close(torch.from_numpy(other.keypoints), torch.from_numpy(recs[1].keypoints))
+
+
+def edited_annotations(tmp_path, edit) -> Path:
+    data = json.loads(SAMPLE_ANN.read_text())
+    edit(data)
+    path = tmp_path / "person_keypoints_edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_fixes_are_counted_and_logged(tmp_path, caplog):
+    def edit(data):
+        anns = [a for a in data["annotations"] if a["image_id"] == 785]
+        anns[0]["keypoints"][0] = 700.0  # nose x beyond the 640 px wide image
+        anns[0]["keypoints"][3 * 9 + 1] = -5.0  # left wrist y above the image
+        ghost = copy.deepcopy(anns[0])
+        ghost.update(id=1, bbox=[10, 10, 0, 30])  # degenerate box
+        crowd = copy.deepcopy(anns[0])
+        crowd.update(id=2, iscrowd=1, bbox=[0, 0, 100, 50], num_keypoints=0, keypoints=[0] * 51)
+        data["annotations"] += [ghost, crowd]
+        data["images"].append({"id": 5, "file_name": "000000000005.jpg", "height": 10, "width": 10})
+
+    with caplog.at_level(logging.WARNING, logger="pgnet.data"):
+        recs, counts = load_coco_records(edited_annotations(tmp_path, edit), SAMPLE / "val2017")
+    assert counts["keypoints_outside_image"] == 2 and counts["degenerate_boxes"] == 1
+    assert counts["crowd_regions"] == 1 and counts["negative_images"] == 1 and counts["images"] == 5
+    assert "set unlabelled" in caplog.text and "empty box" in caplog.text
+    rec = next(r for r in recs if r.image_id == 785)
+    assert rec.num_people == 1 and rec.num_keypoints[0] == 15
+    assert rec.keypoints[0, 0].tolist() == [0, 0, 0] and rec.keypoints[0, 9].tolist() == [0, 0, 0]
+    assert rec.crowd_boxes.tolist() == [[0, 0, 100, 50]]
+    negative = next(r for r in recs if r.image_id == 5)  # images without people are kept
+    assert negative.num_people == 0 and negative.keypoints.shape == (0, J, 3)
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("this is not json {", "not a JSON file"),
+    ("[1, 2, 3]", "not an object"),
+    (json.dumps({"images": [], "categories": []}), "annotations"),
+    (json.dumps({"images": [], "annotations": [], "categories": [{"id": 3, "name": "car"}]}), "no 'person'"),
+    (json.dumps({"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "person"}]}),
+     "images[0] lacks file_name"),
+    (json.dumps({"images": [], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+                 "categories": [{"id": 1, "name": "person"}]}), "annotations[0] lacks id"),
+])
+def test_files_that_are_not_coco_are_rejected_clearly(tmp_path, content, expected):
+    path = tmp_path / "person_keypoints_bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        load_coco_records(path, tmp_path)
+    message = str(err.value)
+    assert str(path) in message and expected in message and "person_keypoints_val2017.json" in message
+
+
+def test_a_missing_annotation_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="annotation file not found"):
+        load_coco_records(tmp_path / "nope.json", tmp_path)
+
+
+# ---------------------------------------------------------------- samples
+
+def test_sample_contract(records):
+    sample = sample_of(records[0][1], input_size=(96, 128))
+    assert set(sample) == {"image", *TARGET_KEYS, *META_KEYS}
+    assert sample["image"].shape == (3, 96, 128) and sample["image"].dtype == np.float32
+    assert sample["hm"].shape == (1, 24, 32)
+    assert sample["image_id"].dtype == np.int64 and int(sample["image_id"]) == 40083
+    assert sample["inv_affine"].shape == (2, 3) and sample["inv_affine"].dtype == np.float32
+    assert sample["orig_size"].tolist() == [333, 500] and sample["flipped"].dtype == np.bool_
+    assert all(isinstance(v, np.ndarray) for v in sample.values())
+    assert pickle.loads(pickle.dumps(make_sample)) is make_sample
+    from_row = sample_of(records[0][1].to_dict(), input_size=(96, 128))  # a Ray Data row works too
+    assert all(np.array_equal(sample[k], from_row[k]) for k in sample)
+
+
+def test_samples_do_not_depend_on_call_order(records):
+    recs = records[0]
+    forward = [sample_of(r, epoch=3) for r in recs]
+    backward = [sample_of(r, epoch=3) for r in reversed(recs)][::-1]
+    for a, b in zip(forward, backward):
+        for key in a:
+            assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("change", [{"epoch": 1}, {"seed": 1}])
+def test_other_epochs_and_seeds_draw_other_augmentations(records, change):
+    rec = records[0][3]
+    a, b = sample_of(rec), sample_of(rec, **change)
+    assert not np.array_equal(a["image"], b["image"])
+    assert not np.array_equal(a["inv_affine"], b["inv_affine"])
+
+
+def test_each_image_draws_its_own_augmentation(records):
+    rec = records[0][3]
+    twin = ImageRecord.from_dict({**rec.to_dict(), "image_id": rec.image_id + 1})  # same pixels, other id
+    assert not np.array_equal(sample_of(rec)["inv_affine"], sample_of(twin)["inv_affine"])
+
+
+def sorted_rows(boxes: np.ndarray) -> np.ndarray:
+    return boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
+
+
+def test_evaluation_letterbox_keeps_everybody(records):
+    recs = records[0]
+    for rec in recs:
+        s = sample_of(rec, augment=AugmentConfig(), train=False)  # train=False: no augmentation
+        assert not s["flipped"] and s["mask"].sum() == rec.num_people
+        boxes = s["box"][s["mask"] > 0] * 4  # input pixels
+        corners = transform_points(boxes.reshape(-1, 2, 2), np.vstack([s["inv_affine"], [0, 0, 1]]))
+        original = np.concatenate([rec.boxes[:, :2], rec.boxes[:, :2] + rec.boxes[:, 2:]], 1)
+        mapped = corners.reshape(-1, 4)
+        assert_close(torch.from_numpy(sorted_rows(mapped)).float(), torch.from_numpy(sorted_rows(original)),
+                     atol=1e-2, rtol=0)
+    h, w = 128, 128
+    m = affine_matrix((333, 500), (h, w))  # letterbox: width fills, centred vertically
+    assert_close(torch.from_numpy(transform_points(np.array([[0.0, 0.0], [500.0, 333.0]]), m)),
+                 torch.tensor([[0.0, (128 - 333 * 128 / 500) / 2], [128.0, (128 + 333 * 128 / 500) / 2]],
+                              dtype=torch.float64))
+
+
+def test_flip_turns_a_left_wrist_into_the_right_wrist_at_the_mirrored_x(records):
+    rec = records[0][0]  # one person, 17 labelled key points
+    plain = sample_of(rec, augment=None, train=False)
+    mirrored = sample_of(rec, augment=MIRROR)
+    assert mirrored["flipped"] and not plain["flipped"]
+    p, labelled = keypoint_positions(plain)
+    m, mirrored_labelled = keypoint_positions(mirrored)
+    assert labelled[0, LEFT_WRIST] and mirrored_labelled[0, RIGHT_WRIST]
+    assert_close(torch.tensor(m[0, RIGHT_WRIST]), torch.tensor([128 - p[0, LEFT_WRIST, 0], p[0, LEFT_WRIST, 1]]),
+                 atol=1e-4, rtol=0)
+    assert_close(torch.tensor(m[0, LEFT_WRIST]), torch.tensor([128 - p[0, RIGHT_WRIST, 0], p[0, RIGHT_WRIST, 1]]),
+                 atol=1e-4, rtol=0)
+    assert_close(torch.tensor(m[0][list(FLIP_INDEX)][:, 0]), torch.tensor(128 - p[0][:, 0]), atol=1e-4, rtol=0)
+    assert_close(torch.from_numpy(mirrored["image"]), torch.from_numpy(plain["image"][..., ::-1].copy()))
+
+
+@pytest.fixture(scope="module")
+def dot_record(tmp_path_factory):
+    """A black 300 x 200 image with a white dot at the left wrist of one annotated person."""
+    folder = tmp_path_factory.mktemp("dot")
+    image = Image.new("RGB", (300, 200))
+    cx, cy = 70.5, 120.5
+    ImageDraw.Draw(image).ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(255, 255, 255))
+    image.save(folder / "dot.png")
+    kps = np.zeros((1, J, 3), np.float32)
+    kps[0, LEFT_WRIST] = (cx, cy, 2)
+    return ImageRecord(1, str(folder / "dot.png"), 200, 300, np.array([[40, 60, 60, 90]], np.float32), kps,
+                       np.array([1], np.int32), np.zeros((0, 4), np.float32))
+
+
+@pytest.mark.parametrize("epoch", range(6))
+def test_augmented_keypoints_follow_the_warped_image(dot_record, epoch):
+    aug = AugmentConfig(scale=(0.8, 1.3), rotate=40.0, translate=0.1, flip=0.5, color=0.3)
+    s = make_sample(dot_record, input_size=(256, 256), max_people=4, augment=aug, seed=1, epoch=epoch, train=True)
+    gray = denormalize_image(s["image"]).astype(np.float64).mean(2)
+    ys, xs = np.nonzero(gray > gray.max() / 2)
+    weights = gray[ys, xs]
+    dot = np.array([(xs + 0.5) @ weights, (ys + 0.5) @ weights]) / weights.sum()  # centroid, pixel centres
+    joint = RIGHT_WRIST if s["flipped"] else LEFT_WRIST  # the mirrored left wrist is a right wrist
+    points, labelled = keypoint_positions(s)
+    assert labelled[0].tolist() == [j == joint for j in range(J)]
+    assert_close(torch.tensor(points[0, joint]), torch.tensor(dot), atol=0.4, rtol=0)
+    back = s["inv_affine"].astype(np.float64) @ np.r_[dot, 1.0]  # inv_affine undoes the warp
+    assert_close(torch.tensor(back), torch.tensor([70.5, 120.5], dtype=torch.float64), atol=0.4, rtol=0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_an_image_without_people_is_a_negative_sample(dot_record, train):
+    empty = ImageRecord.from_dict({**dot_record.to_dict(), "boxes": np.zeros((0, 4)),
+                                   "keypoints": np.zeros((0, J, 3)), "num_keypoints": np.zeros(0)})
+    s = make_sample(empty, input_size=(64, 64), max_people=4, augment=AugmentConfig(), seed=0, epoch=0,
+                    train=train)
+    assert s["mask"].sum() == 0 and s["hm"].max() == 0 and (s["hm_weight"] == 1).all()
+
+
+def test_the_augmentation_draws_flip_both_ways(dot_record):
+    flips = {bool(make_sample(dot_record, input_size=(64, 64), max_people=2, augment=AugmentConfig(), seed=1,
+                              epoch=e, train=True)["flipped"]) for e in range(6)}
+    assert flips == {True, False}
+
+
+def test_strong_downscaling_is_antialiased():
+    """A 1-pixel checkerboard shrunk 6x must become flat grey, not an aliasing pattern."""
+    board = ((np.indices((600, 600)).sum(0) % 2) * 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([board] * 3, -1))
+    out = warp_image(image, affine_matrix((600, 600), (100, 100), AffineParams(rotation=10.0)), (100, 100))
+    inner = out[20:80, 20:80].astype(np.float64)
+    assert abs(inner.mean() - 127.5) < 3 and inner.std() < 10
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.4])
+def test_color_jitter(strength):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (8, 8, 3)).astype(np.float32)
+    out = color_jitter(image, np.random.default_rng(1), strength)
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
+    if strength == 0:
+        assert_close(torch.from_numpy(out), torch.from_numpy(image))
+    else:
+        assert not np.allclose(out, image)
+
+
+# ---------------------------------------------------------------- bad images and the Dataset
+
+def coco_copy(tmp_path) -> Path:
+    """A COCO root in tmp_path holding copies of the sample (the sample itself stays read-only)."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(SAMPLE_ANN, root / "annotations" / SAMPLE_ANN.name)
+    shutil.copytree(SAMPLE / "val2017", root / "val2017")
+    for f in (root / "val2017").iterdir():
+        f.chmod(0o644)
+    return root
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("garbage", "cannot decode"),
+    ("truncated", "cannot decode"),
+    ("empty", "cannot decode"),
+    ("missing", "not found"),
+])
+def test_bad_images_are_counted_skips(tmp_path, caplog, damage, reason):
+    root = coco_copy(tmp_path)
+    victim = root / "val2017" / "000000040083.jpg"
+    if damage == "garbage":
+        victim.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:3000])
+    elif damage == "empty":
+        victim.write_bytes(b"")
+    else:
+        victim.unlink()
+    data = CocoKeypoints(root, "val2017", input_size=(64, 64), max_people=8)
+    with pytest.raises(BadSample, match=reason) as err:
+        make_sample(data.records[1], input_size=(64, 64), max_people=8, augment=None, seed=0, epoch=0, train=False)
+    assert err.value.path == str(victim)
+    assert pickle.loads(pickle.dumps(err.value)).path == str(victim)  # crosses worker processes
+    with caplog.at_level(logging.WARNING, logger="pgnet.data"):
+        samples = [data[i] for i in range(len(data))]
+    assert samples[1] is None and data.bad_samples == 1 and "40083" in caplog.text
+    images, targets, meta, num_bad = collate_samples(samples)
+    assert num_bad == 1 and images.shape == (3, 3, 64, 64)
+    assert meta["image_id"].tolist() == [785, 196141, 197388]
+
+
+def test_image_size_must_match_the_annotation(tmp_path):
+    path = tmp_path / "small.jpg"
+    Image.new("RGB", (20, 10)).save(path)
+    rec = ImageRecord(9, str(path), 30, 20, np.zeros((0, 4), np.float32), np.zeros((0, J, 3), np.float32),
+                      np.zeros(0, np.int32), np.zeros((0, 4), np.float32))
+    with pytest.raises(BadSample, match="annotations say 30x20"):
+        make_sample(rec, input_size=(64, 64), max_people=2, augment=None, seed=0, epoch=0, train=False)
+
+
+def test_a_missing_split_says_how_to_get_data(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        CocoKeypoints(tmp_path, "train2017")
+    message = str(err.value)
+    assert "person_keypoints_train2017.json" in message and "cocodataset.org" in message
+    assert "pgnet data synth" in message
+
+
+def test_all_bad_batch_is_empty():
+    images, targets, meta, num_bad = collate_samples([None, None])
+    assert images.shape[0] == 0 and targets == {} and meta == {} and num_bad == 2
+
+
+def test_dataset_over_a_synthetic_split(tmp_path):
+    write_synthetic_coco(tmp_path, "train", num_images=6, seed=0, image_size=(96, 128))
+    data = CocoKeypoints(tmp_path, "train", input_size=(64, 96), max_people=8, augment=AugmentConfig(),
+                         train=True, seed=2)
+    loader = DataLoader(data, batch_size=4, collate_fn=collate_samples)
+    images, targets, meta, num_bad = next(iter(loader))
+    assert images.shape == (4, 3, 64, 96) and num_bad == 0
+    assert targets["hm"].shape == (4, 1, 16, 24) and targets["hp_ind"].shape == (4, 8 * J)
+    assert targets["ind"].dtype == torch.int64 and meta["inv_affine"].shape == (4, 2, 3)
+    assert targets["mask"].sum() > 0
+    first = data[0]
+    data.set_epoch(1)
+    assert not np.array_equal(first["image"], data[0]["image"])
+    data.set_epoch(0)
+    assert np.array_equal(first["image"], data[0]["image"])
