@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,21 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def read_torch_file(path: str | Path, *, weights_only: bool, what: str) -> Any:
+    """`torch.load` to CPU; a file that is not a torch save is a ValueError naming it and `what` it should be."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"'{path}' cannot be read by torch.load ({first_line}); pass {what}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' not found; pass a file written by `pgnet train` "
                                 "(run_dir/checkpoint_last.pt or checkpoint_best.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_torch_file(path, weights_only=False, what="a checkpoint written by `pgnet train`")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"'{path}' is not a PGNet checkpoint (expected a dict with a 'model' entry)")
     return ckpt

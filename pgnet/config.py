@@ -253,13 +253,25 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {list(value)}")
         return tuple(_coerce(v, t, key, source) for v, t in zip(value, args))
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float:
+        return _as_float(value, key, source)
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
     if annotation in (int, str, bool) and not isinstance(value, annotation):
         raise ConfigError(f"{source}: '{key}' must be {annotation.__name__}, got {value!r}")
     return value
+
+
+def _as_float(value: Any, key: str, source: str) -> float:
+    """A number; also text such as `1e-3`, which YAML 1.1 (PyYAML) reads as a string, not a float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
 
 
 def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:

@@ -66,6 +66,9 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
         drawn.save(out_dir / f"{path.stem}_pgnet.jpg", quality=92)
         log.info("%s: %d people above %.2f", path.name, sum(p["score"] >= draw_threshold for p in people),
                  draw_threshold)
+    if images and len(failed) == len(images):
+        raise ValueError(f"none of the {len(images)} image(s) could be read ({', '.join(failed)}); "
+                         "pass image files (JPEG, PNG) that Pillow can open")
     out = out_dir / "results.json"
     out.write_text(json.dumps(results))
     if failed:

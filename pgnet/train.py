@@ -2,7 +2,12 @@
 
 A run directory holds `config.yaml`, `metrics.jsonl` (one record per step),
 `evaluations.jsonl`, and `checkpoint_last.pt` / `checkpoint_best.pt`. The run is
-deterministic for a seed; `resume=True` continues from `checkpoint_last.pt`.
+deterministic for a seed; `resume=True` continues from `checkpoint_last.pt`, so an
+interrupted run ends exactly as an uninterrupted one.
+
+Resuming with other `train.epochs` / `train.max_steps` extends (or shortens) the run: the
+steps still to do follow the LR schedule of the new length, as if the run had been
+planned that long; the steps already done keep the old schedule's rates (a warning says so).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from pgnet.engine import evaluate_model, resolve_device, to_device
 from pgnet.losses import PGNetLoss
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.models import PGNet, build_model
-from pgnet.optim import build_optimizer, build_scheduler
+from pgnet.optim import build_optimizer, build_scheduler, lr_factor
 from pgnet.progress import progress_bar
 
 log = logging.getLogger("pgnet.train")
@@ -80,11 +85,17 @@ class BadSampleBudget:
     max_fraction: float
     seen: int = 0
     bad: int = 0
+    min_seen: int = 20  # judge the fraction mid-epoch only after this many images
 
     def add(self, seen: int, bad: int) -> None:
         self.seen += seen
         self.bad += bad
-        if self.bad and self.bad > self.max_fraction * max(self.seen, 1) and self.seen >= 20:
+        if self.seen >= self.min_seen:
+            self.check()
+
+    def check(self) -> None:
+        """Raise if too many images were bad; also called at the end of an epoch, whatever `seen` is."""
+        if self.bad and self.bad > self.max_fraction * max(self.seen, 1):
             raise RuntimeError(
                 f"{self.bad} of {self.seen} images could not be read (more than data.max_bad_fraction="
                 f"{self.max_fraction}); the log names each one. Fix or remove them, or raise the limit.")
@@ -92,15 +103,18 @@ class BadSampleBudget:
 
 @dataclass
 class RunState:
-    epoch: int = 0  # completed epochs
+    epoch: int = 0  # the last epoch trained (complete unless `epoch_batches_done` says otherwise)
     step: int = 0  # completed optimiser steps
+    epoch_batches_done: int = 0  # > 0: `epoch` was cut short (max_steps) after this many batches
     best: float = float("-inf")
+    total_steps: int = 0  # the length the run is planned for (its LR schedule's)
     history: list = field(default_factory=list)
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           hooks: list | None = None) -> dict[str, Any]:
-    """Train and evaluate; returns the last evaluation's metrics plus `step` and `epoch`."""
+    """Train and evaluate; returns the last evaluation's metrics plus `step`, `epoch` and
+    `train/skipped_images` (unreadable training images, each logged and left out of its batch)."""
     hooks = hooks or []
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,9 +130,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     scheduler = build_scheduler(cfg.optim, optimizer, steps)
     metrics_log, eval_log = JsonlLog(run_dir / METRICS_FILE), JsonlLog(run_dir / EVALUATIONS_FILE)
 
-    state = RunState()
+    state = RunState(total_steps=steps)
     if resume:
-        state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler)
+        if not (run_dir / LAST_CHECKPOINT).is_file():
+            raise FileNotFoundError(f"--resume: {run_dir} has no {LAST_CHECKPOINT} to continue from; "
+                                    "drop --resume to start a new run there")
+        state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler, steps)
         metrics_log.truncate_after(state.step)
         eval_log.truncate_after(state.step)
         log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
@@ -130,10 +147,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     last_metrics: dict[str, float] = {}
     model.train()
     while state.step < steps:
-        epoch = state.epoch + 1
+        done = state.epoch_batches_done  # a run extended after max_steps cut its epoch short goes on with it
+        epoch = state.epoch if done else state.epoch + 1
         train_set.set_epoch(epoch)
-        batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
-        batches = batches[: steps - state.step]  # max_steps may end the run mid-epoch
+        epoch_plan = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
+        batches = epoch_plan[done:][: steps - state.step]  # max_steps may end the run mid-epoch
         loader = DataLoader(train_set, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
                             num_workers=cfg.data.workers)
         tick = time.perf_counter()
@@ -163,7 +181,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             _call(hooks, "on_step", record)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+        budget.check()  # the end of a pass: judge the fraction even on a data set smaller than min_seen
+        if budget.bad:
+            log.warning("%d of %d training images so far could not be read and were skipped", budget.bad, budget.seen)
         state.epoch = epoch
+        state.epoch_batches_done = (done + len(batches)) % len(epoch_plan)
         finished = state.step >= steps
         if finished or epoch % cfg.train.eval_every == 0:
             metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress)
@@ -181,16 +203,17 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         if finished or epoch % cfg.train.checkpoint_every == 0:
             path = save_atomic(_checkpoint(cfg, model, optimizer, scheduler, state), run_dir / LAST_CHECKPOINT)
             _call(hooks, "on_checkpoint", path, False)
-    return {**last_metrics, "step": state.step, "epoch": state.epoch}
+    return {**last_metrics, "step": state.step, "epoch": state.epoch, "train/skipped_images": budget.bad}
 
 
 def _checkpoint(cfg: Config, model, optimizer, scheduler, state: RunState) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
-            "epoch": state.epoch, "step": state.step, "best": state.best}
+            "epoch": state.epoch, "step": state.step, "best": state.best, "total_steps": state.total_steps,
+            "epoch_batches_done": state.epoch_batches_done}
 
 
-def _restore(path: Path, cfg: Config, model, optimizer, scheduler) -> RunState:
+def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -> RunState:
     ckpt = load_checkpoint(path)
     saved = config_from_dict(ckpt["config"], str(path))
     if saved.model != cfg.model:
@@ -199,4 +222,13 @@ def _restore(path: Path, cfg: Config, model, optimizer, scheduler) -> RunState:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    return RunState(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt.get("best", float("-inf")))
+    step = ckpt["step"]
+    planned = ckpt.get("total_steps", steps)
+    if planned != steps:
+        log.warning("resuming a run planned for %d steps as one of %d (train.epochs or train.max_steps changed): "
+                    "steps %d.. follow the LR schedule of a %d-step run", planned, steps, step + 1, steps)
+    # The saved rates are the old schedule's; the next step must use this run's schedule at `step`.
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * lr_factor(cfg.optim, step, steps)
+    return RunState(epoch=ckpt["epoch"], step=step, best=ckpt.get("best", float("-inf")), total_steps=steps,
+                    epoch_batches_done=ckpt.get("epoch_batches_done", 0))

@@ -52,6 +52,8 @@ def _print_summary(summary: dict) -> None:
     if metrics:
         print(format_metrics_table(metrics))
     print(f"steps: {summary.get('step')}, epochs: {summary.get('epoch')}")
+    if summary.get("train/skipped_images"):
+        print(f"training images skipped (unreadable, named in the log): {summary['train/skipped_images']}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

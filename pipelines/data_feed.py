@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -67,6 +68,10 @@ class PrepareSamples:
 
 
 def epoch_dataset(rows: list[dict[str, Any]], cfg: Config, epoch: int) -> ray.data.Dataset:
+    """The epoch's samples as a streaming plan; results keep the rows' order (set before the plan is built)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
     blocks = max(1, min(len(rows) // SAMPLE_BATCH, 64))
     return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         PrepareSamples(cfg, epoch), batch_size=SAMPLE_BATCH, batch_format="numpy", num_cpus=cfg.ray.data_cpus)
@@ -82,10 +87,6 @@ class FeedStats:
 def full_batches(dataset: ray.data.Dataset, batch_size: int, stats: FeedStats
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Full batches of good samples in the plan's order; bad ones are counted, logged and dropped."""
-    import time
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
     buffer: list[dict[str, np.ndarray]] = []
     keys = ("image", *TARGET_KEYS, *META_KEYS)
     tick = time.perf_counter()

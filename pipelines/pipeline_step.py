@@ -136,8 +136,10 @@ class PipelineRunner:
         values = torch.zeros(1 + len(self.term_names), dtype=torch.float64, device=self.device)
         if self.holds_loss:
             values[0] = torch.stack([l.detach() for l in losses]).mean()
+            # The schedule's first call also runs the loss once for shape inference: keep the real ones.
+            terms = self._terms[-len(losses):]
             for i, name in enumerate(self.term_names, start=1):
-                values[i] = torch.stack([t[name] for t in self._terms]).mean()
+                values[i] = torch.stack([t[name] for t in terms]).mean()
         dist.all_reduce(values)
         values /= self.topo.replicas
         values = values.tolist()

@@ -14,7 +14,8 @@ from typing import Any
 
 import ray
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pgnet.config import Config, save_config
@@ -53,11 +54,11 @@ def choose_balance(cfg: Config, run_dir: Path | None = None, print_fn=print) -> 
     return balance
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete pipeline checkpoint under `run_dir/ray` (Ray Train's storage)."""
-    found = sorted((p for p in (run_dir / "ray").glob("*/checkpoint_*") if (p / META).exists()),
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete pipeline checkpoint folder under `run_dir/ray` (Ray Train's storage)."""
+    found = sorted((p for p in (run_dir / "ray").glob("*/checkpoint_*") if p.is_dir() and (p / META).exists()),
                    key=lambda p: torch.load(p / META, weights_only=False)["step"])
-    return Checkpoint.from_directory(str(found[-1])) if found else None
+    return found[-1] if found else None
 
 
 def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None,
@@ -66,7 +67,7 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...)."""
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_checkpoint(run_dir) if resume else None
+    resume_from = str(latest_checkpoint(run_dir)) if resume and latest_checkpoint(run_dir) else None
     if resume and resume_from is None:
         log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
     if not resume and (run_dir / METRICS_FILE).exists():
@@ -84,17 +85,30 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
                            "balance": balance, "total_steps": steps,
                            "mlflow_run_id": mlflow.run_id if mlflow else None,
                            "mlflow_uri": mlflow.client.tracking_uri if mlflow else None,
-                           "trace_samples": trace_samples, "measure_memory": measure_memory},
+                           "trace_samples": trace_samples, "measure_memory": measure_memory,
+                           "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or []),
-        resume_from_checkpoint=resume_from,
     )
     log.info("training %d steps on %d Ray Train workers (%d stages x %d replicas, %s, %d micro-batches)",
              steps, workers, cfg.pipeline.stages, cfg.pipeline.data_parallel, cfg.pipeline.schedule,
              cfg.pipeline.microbatches)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise RuntimeError(f"pipeline training failed: {worker_error(err)}") from err
     return dict(result.metrics or {})
+
+
+def worker_error(err: TrainingFailedError) -> str:
+    """The workers' own error messages (their tracebacks are in the Ray logs above)."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        messages = sorted({f"{type(e).__name__}: {e}".splitlines()[0] for e in failures.values()})
+        ranks = ", ".join(str(r) for r in sorted(failures))
+        return f"rank(s) {ranks}: " + "; ".join(messages)
+    return str(err).splitlines()[-1]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
@@ -51,10 +52,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if topo.rank != 0:
         del model  # only the stage modules stay alive here
     state = {"epoch": 0, "step": 0, "best": float("-inf")}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_shards(Path(folder), runner)
+    elif config.get("resume_from"):  # `pgnet train --resume`: the previous run's newest checkpoint
+        state = load_shards(Path(config["resume_from"]), runner)
+    if state["step"]:
         log.info("rank %d resumed at step %d (epoch %d)", topo.rank, state["step"], state["epoch"])
 
     metrics_log = JsonlLog(run_dir / METRICS_FILE) if topo.rank == 0 else None
@@ -63,6 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics_log.truncate_after(state["step"])
         eval_log.truncate_after(state["step"])
         _, val_set = training_datasets(cfg, progress=False)
+    _announce(run_dir, topo, device)
     hooks = _mlflow_hooks(config) if topo.rank == 0 else None
     trace = _trace_file(run_dir, topo) if config.get("trace_samples") else None
     meter = SavedActivationMeter() if config.get("measure_memory") else None
@@ -70,7 +75,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     runner.train()
     budget = BadSampleBudget(cfg.data.max_bad_fraction)
     per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
-    while state["step"] < steps_total:
+    totals = FeedStats()  # images read and skipped since this attempt started
+    while state["step"] < steps_total and state["epoch"] < cfg.train.epochs:
         epoch = state["epoch"] + 1
         stats = FeedStats()
         batches = None
@@ -105,11 +111,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              steps_total, loss, lr, record["images_per_s"])
         if topo.first:
             budget.add(stats.seen, stats.bad)
+            totals.seen, totals.bad = totals.seen + stats.seen, totals.bad + stats.bad
         state["epoch"] = epoch
-        finished = state["step"] >= steps_total
+        # bad images make epochs shorter (batches stay full), so the epoch count can end the run first
+        finished = state["step"] >= steps_total or epoch >= cfg.train.epochs
         report = {"epoch": epoch, "step": state["step"],
                   "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                  **_feed_metrics(stats, step_seconds, meter, topo)}
+                  **_feed_metrics(stats, totals, step_seconds, meter, topo)}
         if finished or epoch % cfg.train.eval_every == 0:
             metrics = _evaluate_on_rank0(runner, topo, cfg, model if topo.rank == 0 else None,
                                          val_set if topo.rank == 0 else None, device, state, run_dir)
@@ -127,6 +135,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
     if trace is not None:
         trace.close()
+
+
+def _announce(run_dir: Path, topo: Topology, device: torch.device) -> None:
+    """`run_dir/workers/rank<r>.json`: which process and node hosts which stage (for operators, and tests)."""
+    import json
+    import os
+    import socket
+    folder = run_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"rank": topo.rank, "stage": topo.stage, "replica": topo.replica, "pid": os.getpid(),
+            "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(), "device": str(device)}
+    (folder / f"rank{topo.rank}.json").write_text(json.dumps(info))
+    log.info("rank %d: stage %d of replica %d, pid %d on %s (%s)", topo.rank, topo.stage, topo.replica,
+             info["pid"], info["node_ip"], device)
 
 
 def _mlflow_hooks(config: dict[str, Any]):
@@ -193,18 +215,22 @@ def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, mode
     return metrics
 
 
-def _feed_metrics(stats: FeedStats, step_seconds: list[float], meter, topo: Topology) -> dict[str, float]:
-    """Data-wait fraction (first stage of replica 0) and peak saved activations (every stage)."""
-    values = torch.zeros(2 + topo.stages, dtype=torch.float64)
-    if topo.first and topo.replica == 0 and step_seconds:
-        values[0] = stats.wait_seconds
-        values[1] = sum(step_seconds)
+def _feed_metrics(stats: FeedStats, totals: FeedStats, step_seconds: list[float], meter,
+                  topo: Topology) -> dict[str, float]:
+    """The epoch's data-wait fraction (first stage of replica 0), images read and skipped so far (all
+    replicas), and with a meter the peak saved activations of each stage (replica 0)."""
+    values = torch.zeros(4 + topo.stages, dtype=torch.float64)
+    if topo.first:
+        values[2], values[3] = totals.seen, totals.bad
+        if topo.replica == 0 and step_seconds:
+            values[0], values[1] = stats.wait_seconds, sum(step_seconds)
     if meter is not None and topo.replica == 0:
-        values[2 + topo.stage] = meter.peak_bytes / 2**20
+        values[4 + topo.stage] = meter.peak_bytes / 2**20
     dist.all_reduce(values)
-    out = {"data_wait_fraction": float(values[0] / values[1]) if values[1] > 0 else 0.0}
+    out = {"data/wait_fraction": float(values[0] / values[1]) if values[1] > 0 else 0.0,
+           "data/images": float(values[2]), "data/bad_images": float(values[3])}
     if meter is not None:
-        out.update({f"peak_activation_mb/stage{s}": float(values[2 + s]) for s in range(topo.stages)})
+        out.update({f"memory/peak_activation_mb/stage{s}": float(values[4 + s]) for s in range(topo.stages)})
     return out
 
 

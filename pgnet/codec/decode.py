@@ -13,7 +13,6 @@ from torch import Tensor
 
 from pgnet.codec.targets import NUM_JOINTS, STRIDE
 from pgnet.data.skeleton import FLIP_INDEX
-from pgnet.evaluation import results_from_detections
 
 SNAP_DISTANCE = 0.3  # CenterNet: a heatmap peak replaces a regressed key point within 0.3 x the box's longer side
 LOGIT_EPS = 1e-6
@@ -153,6 +152,8 @@ def flip_merge(outputs: dict[str, Tensor], outputs_of_flipped_image: dict[str, T
 
 def detections_to_coco(detections: dict, image_id: int, score_threshold: float = 0.0) -> list[dict]:
     """COCO result dicts (boxes and key points) of one image's detections in image pixels."""
+    # Imported here: pgnet.evaluation imports pgnet.data, which imports this module (an import cycle at the top).
+    from pgnet.evaluation.results import results_from_detections
     keep = np.asarray(detections["scores"]) >= score_threshold
     if not keep.any():
         return []

@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
+from pgnet.checkpoint import read_torch_file
 from pgnet.config import ModelConfig
 from pgnet.models.backbone import ResNetBackbone, load_backbone_weights
 from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS
@@ -13,7 +12,7 @@ from pgnet.models.norms import bind_cbn_convs, norm_layer
 from pgnet.models.sync_bn import set_sync_bn_group
 from pgnet.models.pgnet import PGNet, Unit
 
-__all__ = ["PGNet", "Unit", "build_model", "output_names", "set_sync_bn_group", "DETECTION_OUTPUTS",
+__all__ = ["OUTPUT_NAMES", "PGNet", "Unit", "build_model", "output_names", "set_sync_bn_group", "DETECTION_OUTPUTS",
            "GUIDANCE_OUTPUTS"]
 
 log = logging.getLogger("pgnet.models")
@@ -21,6 +20,9 @@ log = logging.getLogger("pgnet.models")
 
 def output_names(guidance: bool) -> tuple[str, ...]:
     return tuple(DETECTION_OUTPUTS) + (tuple(GUIDANCE_OUTPUTS) if guidance else ())
+
+
+OUTPUT_NAMES = output_names(guidance=True)  # DEVELOPERS.md: every output, in order (guide_* only with guidance)
 
 
 def build_model(cfg: ModelConfig) -> PGNet:
@@ -43,10 +45,16 @@ def build_model(cfg: ModelConfig) -> PGNet:
 
 def _load_pretrained(model: PGNet, path: Path) -> None:
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_torch_file(path, weights_only=False,
+                                what="torchvision ResNet weights or a checkpoint written by `pgnet train`")
         if isinstance(state, dict) and isinstance(state.get("model"), dict) and any(
                 k.startswith("backbone.") for k in state["model"]):
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise ValueError(
+                    f"'{path}' is a PGNet checkpoint of another network ({str(err).splitlines()[-1].strip()}); "
+                    "set model.* as in that run's config.yaml, or pass backbone weights instead") from None
             log.info("loaded PGNet weights from %s", path)
             return
     load_backbone_weights(model.backbone, path)

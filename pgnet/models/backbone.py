@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from pgnet.checkpoint import read_torch_file
+
 log = logging.getLogger("pgnet.models")
 
 _RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
@@ -31,6 +33,7 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(_RESNETS)}")
+        self.name = name
         resnet = _RESNETS[name](weights=None, norm_layer=norm_layer)
         self.stem = nn.Sequential(OrderedDict(
             conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
@@ -69,14 +72,43 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str | Path) -> None:
         raise FileNotFoundError(
             f"pretrained weights '{file}' not found; download torchvision's ResNet weights on a machine "
             "with internet access and copy the .pth file here, or set model.pretrained: null")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = read_torch_file(file, weights_only=True, what="torchvision ResNet weights (a .pth state dict)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    missing, unexpected = backbone.load_state_dict(torchvision_to_backbone_keys(state), strict=False)
-    missing_convs = [k for k in missing if "conv" in k or "downsample.0" in k]
-    if missing_convs:
-        raise ValueError(f"'{file}' does not fit this backbone: missing {missing_convs[:5]} ...; "
-                         "check model.backbone matches the weights' ResNet depth")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"'{file}' holds no state dict of tensors; pass torchvision ResNet weights "
+                         "(torch.save(resnet.state_dict(), path)) or a checkpoint written by `pgnet train`")
+    state = torchvision_to_backbone_keys(state)
+    _check_weights_fit(backbone, state, file)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         log.info("pretrained %s: %d norm tensors not loaded (norm differs), %d unused keys",
                  file.name, len(missing), len(unexpected))
+
+
+# Blocks per layer and whether they are bottlenecks (conv3): what tells the ResNet depths apart.
+_LAYOUTS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
+            "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
+
+
+def resnet_name_of(state: dict[str, torch.Tensor]) -> str | None:
+    """Which torchvision ResNet a (backbone-keyed) state dict comes from, or None."""
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    bottleneck = any(k.endswith(".conv3.weight") for k in state)
+    return next((name for name, layout in _LAYOUTS.items() if layout == (blocks, bottleneck)), None)
+
+
+def _check_weights_fit(backbone: ResNetBackbone, state: dict[str, torch.Tensor], file: Path) -> None:
+    """Every conv of the backbone, and no other conv, with the same shapes: else the depth differs."""
+    own = backbone.state_dict()
+    missing = [k for k, v in own.items() if v.ndim == 4 and k not in state]
+    extra = [k for k, v in state.items() if v.ndim == 4 and k not in own]
+    reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if not (missing or extra or reshaped):
+        return
+    problems = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                (("missing", missing), ("unexpected", extra), ("other shapes for", reshaped)) if keys]
+    found = resnet_name_of(state)
+    holds = f"the file holds {found} weights" if found else "the file is not a torchvision ResNet"
+    raise ValueError(f"'{file}' does not fit model.backbone={backbone.name}: {holds} ({'; '.join(problems)}). "
+                     f"Set model.backbone to the weights' depth or pass {backbone.name} weights.")

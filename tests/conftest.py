@@ -1,0 +1,75 @@
+"""Shared fixtures of the single-machine tests: a tiny synthetic COCO set, the COCO sample, tiny configs.
+
+The data set is written once per session; a test that damages images works on its own copy.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from pgnet.config import Config, load_config
+from pgnet.data.synthetic import write_synthetic_dataset
+
+COCO_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/coco_sample"
+TINY_TRAIN_IMAGES = 16  # 4 steps per epoch at batch 4
+TINY_VAL_IMAGES = 4
+TINY_IMAGE_SIZE = (96, 96)
+
+# resnet18 with narrow CFFM/decoder/heads on 64x64 inputs: a training step takes a few ms on 2 cores.
+TINY_OVERRIDES = [
+    "model.backbone=resnet18", "model.norm=bn", "model.cffm_channels=32", "model.decoder_channels=32",
+    "model.head_channels=16", "data.input_size=[64, 64]", "data.max_people=8", "train.batch_size=4",
+    "train.epochs=1", "train.log_every=1", "optim.name=adamw", "optim.lr=0.001", "optim.warmup_steps=2",
+    "eval.max_images=4", "eval.batch_size=4", "tracking.mlflow=false",
+]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a test module: the tiny models gain nothing from two, and two
+    threads spinning on a machine shared with other jobs are many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def coco_sample() -> Path:
+    """../shared/data/coco_sample: four COCO val2017 images, their annotations and example results."""
+    if not (COCO_SAMPLE / "annotations/person_keypoints_val2017.json").is_file():
+        pytest.fail(f"{COCO_SAMPLE} is missing; the tests expect the shared COCO sample beside the repository")
+    return COCO_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A COCO-layout synthetic set (train2017: 16 images, val2017: 4), written once per session."""
+    root = tmp_path_factory.mktemp("tiny_data") / "synthetic"
+    write_synthetic_dataset(root, TINY_TRAIN_IMAGES, TINY_VAL_IMAGES, seed=0, image_size=TINY_IMAGE_SIZE)
+    return root
+
+
+@pytest.fixture
+def tiny_data_copy(tiny_data: Path, tmp_path: Path) -> Path:
+    """A private copy of `tiny_data` that a test may damage."""
+    return Path(shutil.copytree(tiny_data, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_data: Path) -> list[str]:
+    """`--set` values of the tiny training config on `tiny_data` (what `pgnet train --set` takes)."""
+    return [*TINY_OVERRIDES, f"data.root={tiny_data}"]
+
+
+@pytest.fixture(scope="session")
+def make_config(tiny_overrides: list[str]) -> Callable[..., Config]:
+    """`make_config("train.seed=1", ..., data_root=None)`: the tiny config with more overrides."""
+    def make(*overrides: str, data_root: Path | None = None) -> Config:
+        root = [f"data.root={data_root}"] if data_root is not None else []
+        return load_config(None, [*tiny_overrides, *root, *overrides])
+    return make

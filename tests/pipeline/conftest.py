@@ -1,0 +1,61 @@
+"""Fixtures of the Ray tests: one small local Ray per session, tiny configs, and a reference run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from pgnet.config import Config, load_config
+from pgnet.metrics_log import read_jsonl
+from pgnet.train import train
+
+RAY_CPUS = 6  # logical: up to 4 Train workers + Ray Data slots, on this 2-core machine
+
+TINY = [
+    "model.backbone=resnet18", "model.norm=gn", "model.cffm_channels=32", "model.decoder_channels=32",
+    "model.head_channels=16", "data.input_size=[64, 64]", "data.synthetic.train_images=24",
+    "data.synthetic.val_images=4", "data.synthetic.image_size=[128, 128]", "train.batch_size=8",
+    "train.epochs=1", "train.max_steps=3", "train.log_every=1", "optim.name=sgd", "optim.lr=0.02",
+    "optim.warmup_steps=0", "eval.max_images=4", "tracking.mlflow=false", "pipeline.microbatches=4",
+]
+
+
+@pytest.fixture
+def local_ray():
+    """A small local Ray, started once and kept for the session (restarted if a test stopped it)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    yield
+    
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def tiny_config(synthetic_dir: Path, *overrides: str) -> Config:
+    return load_config(None, [*TINY, f"data.synthetic_dir={synthetic_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, synthetic_dir):
+    """The single-process trainer on the tiny config: what pipeline runs must reproduce."""
+    def run(*overrides: str) -> tuple[list[dict], Path]:
+        run_dir = tmp_path_factory.mktemp("reference")
+        train(tiny_config(synthetic_dir, *overrides), run_dir, progress=False)
+        return read_jsonl(run_dir / "metrics.jsonl"), run_dir
+    return run
+
+
+@pytest.fixture(scope="session")
+def dp_run(tmp_path_factory, synthetic_dir):
+    """One traced 2-stage x 2-replica run, shared by the equivalence and data-feed tests."""
+    import ray as _ray
+    from pipelines.pipeline_train import train_on_ray
+    if not _ray.is_initialized():
+        _ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    run_dir = tmp_path_factory.mktemp("dp_run")
+    cfg = tiny_config(synthetic_dir, "pipeline.stages=2", "pipeline.data_parallel=2", "pipeline.microbatches=2")
+    summary = train_on_ray(cfg, run_dir, trace_samples=True)
+    return cfg, run_dir, summary

@@ -1,0 +1,97 @@
+"""Ray Data feeds the pipeline: every stage of a replica sees the same samples, replicas split the batch.
+
+The traced run records, per step and stage, the image ids and a checksum of the
+images (first stage) or targets (last stage) it received; the test recomputes
+those samples independently with `make_sample` and compares.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgnet.data.dataset import coco_paths
+from pgnet.data.order import epoch_batches
+from pgnet.data.records import load_coco_records
+from pgnet.data.sample import make_sample
+from pgnet.data.source import resolve_data_root
+from pgnet.metrics_log import read_jsonl
+from pipelines.pipeline_step import TargetPacker
+from pipelines.pipeline_train import train_on_ray
+from tests.pipeline.conftest import tiny_config
+
+pytestmark = pytest.mark.ray
+
+
+def read_trace(run_dir: Path) -> dict[tuple[int, int, int], dict]:
+    """(step, replica, stage) -> trace entry."""
+    entries = {}
+    for file in (run_dir / "sample_trace").glob("rank*.jsonl"):
+        for entry in read_jsonl(file):
+            entries[(entry["step"], entry["replica"], entry["stage"])] = entry
+    return entries
+
+
+def test_targets_reaching_the_last_stage_belong_to_the_images_entering_the_first(dp_run):
+    cfg, run_dir, _ = dp_run
+    trace = read_trace(run_dir)
+    records, _ = load_coco_records(*coco_paths(resolve_data_root(cfg.data, progress=False), cfg.data.train_split))
+    by_id = {r.image_id: r for r in records}
+    packer = TargetPacker(cfg)
+    batches = epoch_batches(len(records), cfg.train.batch_size, cfg.train.seed, epoch=1)
+    for step in (1, 2, 3):
+        union = []
+        for replica in (0, 1):
+            first, last = trace[(step, replica, 0)], trace[(step, replica, 1)]
+            assert first["ids"] == last["ids"], f"step {step} replica {replica}: stages saw different images"
+            samples = [make_sample(by_id[i], input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people,
+                                   augment=cfg.data.augment, seed=cfg.train.seed, epoch=1, train=True)
+                       for i in first["ids"]]
+            images = np.stack([s["image"] for s in samples]).astype(np.float64)
+            assert first["image_sum"] == pytest.approx(images.sum(), rel=1e-9)
+            targets = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k, _, _ in packer.layout}
+            assert last["target_sum"] == pytest.approx(packer.pack(targets).double().sum().item(), rel=1e-9)
+            union.extend(first["ids"])
+        # the replicas split the global batch of the single-process order, without overlap
+        assert union == [records[i].image_id for i in batches[step - 1]]
+
+
+def test_report_counts_images_and_wait(dp_run):
+    _, _, summary = dp_run
+    assert summary["data/images"] == 24  # both replicas' shares of the one epoch
+    assert summary["data/bad_images"] == 0
+    assert 0 <= summary["data/wait_fraction"] < 1
+
+
+@pytest.fixture
+def dataset_with_a_corrupt_image(tmp_path, synthetic_dir) -> Path:
+    cfg = tiny_config(synthetic_dir)
+    root = tmp_path / "coco"
+    shutil.copytree(resolve_data_root(cfg.data, progress=False), root)
+    ann_file, image_dir = coco_paths(root, cfg.data.train_split)
+    first = json.loads(ann_file.read_text())["images"][0]["file_name"]
+    (image_dir / first).write_bytes(b"this is not a JPEG")
+    return root
+
+
+def test_a_corrupt_image_is_counted_and_skipped(local_ray, synthetic_dir, dataset_with_a_corrupt_image, tmp_path):
+    cfg = tiny_config(synthetic_dir, f"data.root={dataset_with_a_corrupt_image}", "pipeline.stages=2",
+                      "train.max_steps=0", "train.epochs=2")
+    summary = train_on_ray(cfg, tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    # 23 good images make 2 full batches per epoch: the bad one is dropped, batches stay full
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert summary["data/bad_images"] == 2 and summary["data/images"] == 48  # once per epoch
+
+
+def test_too_many_corrupt_images_stop_the_run_with_a_clear_error(local_ray, synthetic_dir,
+                                                                dataset_with_a_corrupt_image, tmp_path):
+    cfg = tiny_config(synthetic_dir, f"data.root={dataset_with_a_corrupt_image}", "pipeline.stages=2",
+                      "data.max_bad_fraction=0.01")
+    with pytest.raises(RuntimeError, match="could not be read"):
+        train_on_ray(cfg, tmp_path / "run")

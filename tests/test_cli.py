@@ -1,0 +1,323 @@
+"""Tests of the `pgnet` command line, called in-process (`pipelines.cli.main`) and once as the installed script.
+
+Each sub-command is checked against the library call it wraps (evaluation metrics against
+`pgnet.evaluation.evaluate`, a checkpoint's evaluation against the trainer's own); user errors exit
+with code 2 and one line that says what to do.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from pgnet.evaluation import evaluate, load_results, metric_names
+from pgnet.metrics_log import read_jsonl
+from pipelines.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / ".venv" / "bin" / "pgnet"
+TRAIN_SET = "train2017"
+VAL_SET = "val2017"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_lines(err: str) -> list[str]:
+    """stderr without log records (those start with the level name)."""
+    return [line for line in err.splitlines()
+            if line.strip() and not re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line)]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, tiny_overrides, one_thread):
+    """One tiny `pgnet train --no-mlflow` run: (run_dir, stdout)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", "--run-dir", str(run_dir), "--no-mlflow", "--quiet", "--set", *tiny_overrides])
+    assert code == 0
+    return run_dir
+
+
+# --- the installed script --------------------------------------------------------------------------
+
+def test_console_script_is_installed():
+    out = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for command in ("train", "eval", "predict", "data", "bench"):
+        assert command in out.stdout
+
+
+def test_console_script_user_error_has_no_traceback(tmp_path):
+    out = subprocess.run([str(SCRIPT), "eval", "--predictions", str(tmp_path / "r.json")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert error_lines(out.stderr) == [
+        "pgnet eval: error: --predictions needs --annotations GT.json (the ground truth to score against)"]
+
+
+# --- data synth ------------------------------------------------------------------------------------
+
+def test_data_synth_writes_the_coco_layout(capsys, tmp_path):
+    out = tmp_path / "synth"
+    code, stdout, _ = run_cli(capsys, "data", "synth", "--out", out, "--images", 3, "--val-images", 2,
+                              "--seed", 5, "--size", "64x96")
+    assert code == 0
+    for split, count in ((TRAIN_SET, 3), (VAL_SET, 2)):
+        ann = out / "annotations" / f"person_keypoints_{split}.json"
+        assert str(ann) in stdout
+        coco = COCO(str(ann))
+        assert len(coco.getImgIds()) == count
+        files = sorted((out / split).glob("*.jpg"))
+        assert [f.name for f in files] == sorted(img["file_name"] for img in coco.loadImgs(coco.getImgIds()))
+        for f in files:
+            with Image.open(f) as img:
+                assert img.size == (96, 64)  # (width, height) for --size 64x96 (height x width)
+        assert all(len(a["keypoints"]) == 51 for a in coco.loadAnns(coco.getAnnIds()))
+    assert json.loads((out / "pgnet_synthetic.json").read_text())["seed"] == 5
+
+
+def test_data_synth_seed_decides_the_images(capsys, tmp_path):
+    def first_image(seed: int) -> bytes:
+        out = tmp_path / f"seed{seed}"
+        assert run_cli(capsys, "data", "synth", "--out", out, "--images", 1, "--val-images", 1,
+                       "--seed", seed, "--size", 64)[0] == 0
+        return next((out / TRAIN_SET).glob("*.jpg")).read_bytes()
+    assert first_image(1) != first_image(2)
+
+
+# --- eval --------------------------------------------------------------------------------------------
+
+def test_eval_results_file_prints_a_table_and_writes_evaluate_metrics(capsys, tmp_path, coco_sample):
+    gt = coco_sample / "annotations/person_keypoints_val2017.json"
+    results = coco_sample / "annotations/example_keypoint_results.json"
+    out = tmp_path / "metrics" / "sample.json"
+    code, stdout, _ = run_cli(capsys, "eval", "--annotations", gt, "--predictions", results, "--out", out)
+    assert code == 0
+    written = json.loads(out.read_text())
+    assert written == evaluate(gt, results)
+    assert set(written) == set(metric_names(["keypoints"]))  # the example results carry no boxes
+    assert "Key points (OKS)" in stdout
+    assert re.search(r"keypoints/AP\s+%.1f" % (100 * written["keypoints/AP"]), stdout)
+
+
+def test_eval_checkpoint_equals_the_trainers_evaluation(capsys, tmp_path, cli_run, tiny_data):
+    out = tmp_path / "eval.json"
+    results = tmp_path / "results.json"
+    code, stdout, _ = run_cli(capsys, "eval", "--checkpoint", cli_run / "checkpoint_last.pt", "--data", tiny_data,
+                              "--split", VAL_SET, "--out", out, "--results-out", results, "--quiet")
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    trainer = read_jsonl(cli_run / "evaluations.jsonl")[-1]
+    assert {k: metrics[k] for k in metric_names()} == {k: trainer[k] for k in metric_names()}
+    assert metrics["eval/images"] == 4
+    assert "Boxes (IoU)" in stdout
+    assert evaluate(tiny_data / "annotations/person_keypoints_val2017.json", results) == \
+        {k: metrics[k] for k in metric_names()}
+
+
+# --- predict -----------------------------------------------------------------------------------------
+
+def test_predict_draws_images_and_writes_coco_results(capsys, tmp_path, cli_run, tiny_data, coco_sample):
+    images = [sorted((tiny_data / VAL_SET).glob("*.jpg"))[0], coco_sample / "val2017/000000000785.jpg"]
+    out = tmp_path / "predictions"
+    code, stdout, _ = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_best.pt", *images,
+                              "--out", out, "--score-threshold", 0.0)
+    assert code == 0 and str(out) in stdout
+    for image in images:
+        drawn = out / f"{image.stem}_pgnet.jpg"
+        with Image.open(drawn) as d, Image.open(image) as original:
+            assert d.size == original.size
+    results = load_results(out / "results.json", image_ids=[1, 2])
+    raw = json.loads((out / "results.json").read_text())
+    assert len(results) == len(raw)
+    assert {r["file_name"] for r in raw} <= {p.name for p in images}
+    assert all(len(r["keypoints"]) == 51 and len(r["bbox"]) == 4 for r in results)
+
+
+def test_predict_skips_an_unreadable_image(capsys, tmp_path, cli_run, tiny_data, caplog):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    good = sorted((tiny_data / VAL_SET).glob("*.jpg"))[0]
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_last.pt", junk, good,
+                         "--out", tmp_path / "out")
+    assert code == 0
+    assert (tmp_path / "out" / f"{good.stem}_pgnet.jpg").exists()
+    assert not (tmp_path / "out" / "junk_pgnet.jpg").exists()
+    assert any("junk.jpg" in r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING"))
+
+
+def test_predict_with_no_readable_image_is_a_user_error(capsys, tmp_path, cli_run):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_last.pt", junk,
+                           "--out", tmp_path / "out")
+    assert code == 2
+    assert error_lines(err) == [f"pgnet predict: error: none of the 1 image(s) could be read ({junk}); "
+                                "pass image files (JPEG, PNG) that Pillow can open"]
+
+
+def test_train_reports_skipped_images(capsys, tmp_path, tiny_overrides, tiny_data_copy):
+    sorted((tiny_data_copy / TRAIN_SET).glob("*.jpg"))[0].write_bytes(b"garbage")
+    code, stdout, _ = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--no-mlflow", "--quiet", "--set",
+                              *tiny_overrides, f"data.root={tiny_data_copy}", "data.max_bad_fraction=0.1")
+    assert code == 0
+    assert "training images skipped (unreadable, named in the log): 1" in stdout
+
+
+# --- train with MLflow ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_logs_a_finished_mlflow_run(capsys, tmp_path, monkeypatch, tiny_overrides):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_dir = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "--run-dir", run_dir, "--quiet", "--set", *tiny_overrides,
+                              "tracking.mlflow=true", "tracking.experiment=cli-test")
+    assert code == 0 and "steps: 4, epochs: 1" in stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cli-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "run"
+    assert run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["data.input_size"] == "[64, 64]"
+    assert run.data.params["model.pretrained"] == "null"
+    assert run.data.tags["pgnet.stages"] == "0"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    logged = read_jsonl(run_dir / "metrics.jsonl")
+    assert sorted((m.step, m.value) for m in losses) == [(r["step"], r["loss"]) for r in logged]
+    evaluation = read_jsonl(run_dir / "evaluations.jsonl")[-1]
+    assert run.data.metrics["keypoints/AP"] == evaluation["keypoints/AP"]
+    assert "loss/hm" in run.data.metrics and "lr" in run.data.metrics
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.jsonl", "evaluations.jsonl", "checkpoints", "plots"} <= top
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/checkpoint_best.pt"}
+    assert {"plots/loss_curves.png", "plots/val_predictions.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+
+def test_failed_training_closes_the_mlflow_run_as_failed(capsys, tmp_path, monkeypatch, tiny_overrides):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    missing = tmp_path / "no_data"
+    code, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--quiet", "--set", *tiny_overrides,
+                           f"data.root={missing}", "tracking.mlflow=true", "tracking.experiment=cli-fail")
+    assert code == 2 and "pgnet data synth" in err
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cli-fail").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+# --- bench -------------------------------------------------------------------------------------------
+
+def test_bench_model_prints_timings_and_a_ratio(capsys):
+    code, stdout, _ = run_cli(capsys, "bench", "model", "--backbones", "resnet18", "--sizes", 64, "--repeats", 1,
+                              "--threads", 1, "--compare-size", 64)
+    assert code == 0
+    assert re.search(r"pgnet-resnet18 forward\s+64x64", stdout)
+    assert re.search(r"pgnet-resnet18 fwd\+bwd\s+64x64", stdout)
+    assert "keypointrcnn_resnet50_fpn forward" in stdout
+    ratio = re.search(r"PGNet-R50 inference is (\d+\.\d+)x faster than Keypoint R-CNN", stdout)
+    assert ratio and float(ratio.group(1)) > 0
+
+
+# --- user errors ---------------------------------------------------------------------------------
+
+def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tuple[list, str, str]]:
+    """(argv, the one-line message must contain, and this too: what to do)."""
+    gt = coco_sample / "annotations/person_keypoints_val2017.json"
+    not_json = tmp_path / "not_json.json"
+    not_json.write_text("{not json")
+    a_dict = tmp_path / "dict.json"
+    a_dict.write_text(json.dumps({"image_id": 785}))
+    no_score = tmp_path / "no_score.json"
+    no_score.write_text(json.dumps([{"image_id": 785, "category_id": 1, "keypoints": [0] * 51}]))
+    other_image = tmp_path / "other_image.json"
+    other_image.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 1.0, "keypoints": [0] * 51}]))
+    garbage_ckpt = tmp_path / "garbage.pt"
+    garbage_ckpt.write_bytes(b"\x00\x01 not a checkpoint")
+    run = tmp_path / "run"
+    return [
+        (["train", "--run-dir", run, "--no-mlflow", "--set", "model.nrom=gn"], "unknown key 'model.nrom'", "norm"),
+        (["train", "--run-dir", run, "--no-mlflow", "--config", tmp_path / "nope.yaml"], "nope.yaml", "cpu_small"),
+        (["train", "--run-dir", run, "--no-mlflow", "--set", "data.input_size=[100, 100]"],
+         "data.input_size", "multiples of 32"),
+        (["train", "--run-dir", run, "--no-mlflow", "--resume", "--set", f"data.root={tiny_data}",
+          "data.input_size=[64, 64]", "model.cffm_channels=32"], "no checkpoint_last.pt", "drop --resume"),
+        (["eval", "--checkpoint", tmp_path / "missing.pt", "--data", tiny_data], "missing.pt", "pgnet train"),
+        (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data], "garbage.pt", "pgnet train"),
+        (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
+         "missing.pt", "pgnet train"),
+        (["eval", "--predictions", not_json], "--predictions needs --annotations", "GT.json"),
+        (["eval"], "--annotations GT.json --predictions RESULTS.json", "--checkpoint CKPT"),
+        (["eval", "--annotations", gt, "--predictions", not_json], "not a valid JSON", "JSON list"),
+        (["eval", "--annotations", gt, "--predictions", a_dict], "must be a JSON list", "one object per detection"),
+        (["eval", "--annotations", gt, "--predictions", no_score], "missing score", "every result needs"),
+        (["eval", "--annotations", gt, "--predictions", other_image], "other_image.json", "1"),
+        (["eval", "--annotations", tmp_path / "gt.json", "--predictions", not_json], "gt.json", "person_keypoints"),
+        (["eval", "--checkpoint", garbage_ckpt, "--data", tmp_path / "nodata"], "garbage.pt", "pgnet train"),
+    ]
+
+
+USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "missing-checkpoint",
+                  "garbage-checkpoint", "predict-missing-checkpoint", "predictions-without-annotations",
+                  "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
+                  "result-unknown-image", "missing-annotations", "garbage-checkpoint-no-data"]
+
+
+@pytest.mark.parametrize("case", range(len(USER_ERROR_IDS)), ids=USER_ERROR_IDS)
+def test_user_error_exits_2_with_one_line(capsys, tmp_path, coco_sample, tiny_data, case):
+    argv, what, todo = user_errors(tmp_path, coco_sample, tiny_data)[case]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert "Traceback" not in err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"pgnet {argv[0]}: error: ")
+    assert what in lines[0] and todo in lines[0]
+
+
+def test_existing_run_dir_is_a_user_error(capsys, cli_run, tiny_overrides):
+    code, _, err = run_cli(capsys, "train", "--run-dir", cli_run, "--no-mlflow", "--quiet", "--set", *tiny_overrides)
+    assert code == 2
+    assert error_lines(err) == [f"pgnet train: error: {cli_run} already holds a run; pass --resume to continue it "
+                                "or pick a new --run-dir"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])
+
+
+def test_resume_through_the_cli_finishes_the_run(capsys, tmp_path, tiny_overrides):
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", "--run-dir", run_dir, "--no-mlflow", "--quiet", "--set", *tiny_overrides,
+                   "train.max_steps=2")[0] == 0
+    code, stdout, _ = run_cli(capsys, "train", "--run-dir", run_dir, "--no-mlflow", "--quiet", "--resume",
+                              "--set", *tiny_overrides)
+    assert code == 0 and "steps: 4, epochs: 1" in stdout
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
