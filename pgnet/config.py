@@ -289,7 +289,11 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
 def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(values).__name__}")
-    return _build(Config, values, source).validate()
+    cfg = _build(Config, values, source)
+    try:
+        return cfg.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def parse_value(text: str) -> Any:

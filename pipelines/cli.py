@@ -115,6 +115,52 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import run_sweep
+    from pipelines.sweep_config import load_sweep
+    sweep = load_sweep(args.config)
+    grid = run_sweep(sweep, storage=args.storage, resume=args.resume)
+    _print_sweep_summary(sweep, grid)
+    return 0
+
+
+def _print_sweep_summary(sweep, grid) -> None:
+    errors = sum(1 for r in grid if r.error)
+    print(f"sweep {sweep.name}: {len(grid)} trials, {errors} failed")
+    best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+    if best is not None and best.metrics:
+        swept = {k: best.config.get(k) for k in sweep.search_space}
+        print(f"best {sweep.metric}: {best.metrics.get(sweep.metric, float('nan')):.4f} with {swept}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import build_report, write_report
+    report = build_report(args.experiment, metric=args.metric, rows=tuple(args.rows))
+    print(report.to_markdown())
+    if args.out:
+        for path in write_report(report, Path(args.out)):
+            print(f"written: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+    return run_demo(storage=args.storage, fresh=args.fresh)
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from pipelines.bench_pipeline import run_pipeline_benchmark
+    run_pipeline_benchmark(input_size=args.input_size, batch=args.batch, steps=args.steps,
+                           microbatches=tuple(args.microbatches))
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from pipelines.bench_data import run_data_benchmark
+    run_data_benchmark(images=args.images, workers=args.workers, trivial_trials=args.trials)
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-size", type=_size, default=(512, 512))
     b.add_argument("--no-compare", action="store_true", help="skip Keypoint R-CNN")
     b.set_defaults(func=cmd_bench_model)
+
+    b = bench_sub.add_parser("pipeline", help="pipeline throughput: S=1 vs S=2, each schedule, M in 2/4/8")
+    b.add_argument("--input-size", type=int, default=128)
+    b.add_argument("--batch", type=int, default=32)
+    b.add_argument("--steps", type=int, default=8, help="steps per configuration (the first 2 are warm-up)")
+    b.add_argument("--microbatches", type=int, nargs="+", default=[2, 4, 8])
+    b.set_defaults(func=cmd_bench_pipeline)
+
+    b = bench_sub.add_parser("data", help="Ray Data vs DataLoader preprocessing, and Ray Tune's overhead")
+    b.add_argument("--images", type=int, default=512)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers = Ray Data CPUs")
+    b.add_argument("--trials", type=int, default=4, help="trivial trials for the Tune overhead")
+    b.set_defaults(func=cmd_bench_data)
+
+    p = sub.add_parser("sweep", help="a Ray Tune sweep (tune_configs/*.yaml), tracked in MLflow")
+    p.add_argument("--config", required=True, help="sweep YAML, or a bundled sweep name (smoke, table3_ablation)")
+    p.add_argument("--storage", default="runs/sweeps", help="where Tune keeps trials (default: runs/sweeps)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="the Table 3-style comparison of a sweep, from the MLflow store")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's name)")
+    p.add_argument("--metric", default="keypoints/AP", help="picks each trial's best evaluation and each cell's best trial")
+    p.add_argument("--rows", nargs="+", default=["model.backbone", "model.norm"], help="config keys of the rows")
+    p.add_argument("--out", help="also write OUT.md, OUT.csv and OUT.png")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the embedded default end to end: synthetic data, local Ray, smoke sweep, MLflow")
+    p.add_argument("--storage", default="runs/demo", help="where the demo's trials go")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier demo run first")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

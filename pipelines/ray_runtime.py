@@ -17,6 +17,10 @@ from pgnet.config import Config
 log = logging.getLogger("pgnet.ray")
 
 DATA_CPUS = 2  # logical CPU slots kept free for Ray Data tasks
+# Worker processes start slowly on a busy small machine (import torch + ray, at most one start per
+# core at a time); Ray Train's default 60 s start-up limit then retries for ever. Wait longer instead.
+RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+                            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}}
 
 
 def workers_per_run(cfg: Config) -> int:
@@ -39,12 +43,17 @@ def ensure_ray(cfg: Config, concurrent_runs: int = 1) -> None:
     """Join `ray.address` ("auto", "ray://host:10001"), or start a local Ray sized by `local_cpus`."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}
     if cfg.ray.address:
         log.info("joining the Ray cluster at %s", cfg.ray.address)
-        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        ray.init(address=cfg.ray.address, runtime_env=RUNTIME_ENV, log_to_driver=True)
         return
     cpus = local_cpus(cfg, concurrent_runs)
     log.info("starting a local Ray with %d logical CPUs", cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
-             configure_logging=True, logging_level=logging.WARNING)
+    start_local_ray(cpus)
+
+
+def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner needs: without it,
+    # a Train run whose owner exits first (a finished Tune trial) keeps its CPUs reserved for ever.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=RUNTIME_ENV,
+             log_to_driver=log_to_driver, configure_logging=True, logging_level=logging.WARNING)

@@ -263,7 +263,7 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
         (["train", "--run-dir", run, "--no-mlflow", "--set", "data.input_size=[100, 100]"],
          "data.input_size", "multiples of 32"),
         (["train", "--run-dir", run, "--no-mlflow", "--resume", "--set", f"data.root={tiny_data}",
-          "data.input_size=[64, 64]", "model.cffm_channels=32"], "no checkpoint_last.pt", "drop --resume"),
+          "data.input_size=[64, 64]", "train.batch_size=4"], "no checkpoint_last.pt", "drop --resume"),
         (["eval", "--checkpoint", tmp_path / "missing.pt", "--data", tiny_data], "missing.pt", "pgnet train"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data], "garbage.pt", "pgnet train"),
         (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
@@ -273,7 +273,7 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
         (["eval", "--annotations", gt, "--predictions", not_json], "not a valid JSON", "JSON list"),
         (["eval", "--annotations", gt, "--predictions", a_dict], "must be a JSON list", "one object per detection"),
         (["eval", "--annotations", gt, "--predictions", no_score], "missing score", "every result needs"),
-        (["eval", "--annotations", gt, "--predictions", other_image], "other_image.json", "1"),
+        (["eval", "--annotations", gt, "--predictions", other_image], "not in the ground truth: 1", "same split"),
         (["eval", "--annotations", tmp_path / "gt.json", "--predictions", not_json], "gt.json", "person_keypoints"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tmp_path / "nodata"], "garbage.pt", "pgnet train"),
     ]

@@ -217,6 +217,7 @@ def test_extending_a_finished_run_follows_the_longer_schedule(trained, make_conf
     assert losses(records[4:]) != losses(reference[4:])  # epoch 1 ran on other learning rates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_leg", [("train.epochs=1",), ("train.epochs=2", "train.max_steps=6")],
                          ids=["one-epoch", "max-steps-mid-epoch"])
 def test_extending_a_constant_schedule_run_equals_the_longer_run(trained, make_config, tmp_path, first_leg):

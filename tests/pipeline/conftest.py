@@ -9,6 +9,7 @@ import ray
 from pgnet.config import Config, load_config
 from pgnet.metrics_log import read_jsonl
 from pgnet.train import train
+from pipelines.ray_runtime import start_local_ray
 
 RAY_CPUS = 6  # logical: up to 4 Train workers + Ray Data slots, on this 2-core machine
 
@@ -25,9 +26,8 @@ TINY = [
 def local_ray():
     """A small local Ray, started once and kept for the session (restarted if a test stopped it)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+        start_local_ray(RAY_CPUS, log_to_driver=False)
     yield
-    
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
@@ -54,7 +54,7 @@ def dp_run(tmp_path_factory, synthetic_dir):
     import ray as _ray
     from pipelines.pipeline_train import train_on_ray
     if not _ray.is_initialized():
-        _ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+        start_local_ray(RAY_CPUS, log_to_driver=False)
     run_dir = tmp_path_factory.mktemp("dp_run")
     cfg = tiny_config(synthetic_dir, "pipeline.stages=2", "pipeline.data_parallel=2", "pipeline.microbatches=2")
     summary = train_on_ray(cfg, run_dir, trace_samples=True)

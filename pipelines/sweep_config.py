@@ -1,0 +1,183 @@
+"""Sweep definitions (`tune_configs/*.yaml`): base config, search space, metric, scheduler, searcher.
+
+Loaded into dataclasses and checked before anything starts: an unknown key, a
+search-space key that is not a training-config key, or a value outside its
+choices is an error naming the key and the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from pgnet.config import Config, ConfigError, apply_overrides, config_from_dict, resolve_config_path
+
+DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = ("none", "asha")
+SEARCHERS = ("grid", "random", "optuna")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"  # none | asha
+    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = 2
+
+
+@dataclass
+class SearchConfig:
+    name: str = "grid"  # grid | random (Tune's variant generator) | optuna (model-based, TPE)
+    seed: int = 0
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    base: str  # a training config: bundled name or a path relative to the sweep file
+    search_space: dict[str, dict[str, Any]]
+    overrides: dict[str, Any] = field(default_factory=dict)  # fixed for every trial
+    metric: str = "keypoints/AP"
+    mode: str = "max"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    num_samples: int = 1  # samples of the sampled dimensions (grid dimensions are crossed in full)
+    max_concurrent_trials: int = 1
+    source: str = ""  # the file it came from (filled in by load_sweep)
+
+    def base_values(self) -> dict[str, Any]:
+        """The base training config as a nested dict, with the sweep's fixed overrides applied."""
+        values = yaml.safe_load(Path(self.base).read_text()) or {}
+        # every epoch is evaluated, so each report Tune sees carries the metric ASHA ranks by
+        return apply_overrides(values, {**self.overrides, "train.eval_every": 1})
+
+    def trial_config(self, params: dict[str, Any]) -> Config:
+        return config_from_dict(apply_overrides(self.base_values(), params), f"{self.source} (trial {params})")
+
+    def param_space(self) -> dict[str, Any]:
+        """The Tune search space, keyed by the flat config keys."""
+        return {key: _domain(key, spec, self.source) for key, spec in self.search_space.items()}
+
+    def grid_size(self) -> int:
+        return math.prod(len(spec["grid"]) for spec in self.search_space.values() if "grid" in spec)
+
+    def total_trials(self) -> int:
+        return self.grid_size() * self.num_samples
+
+    def corner_params(self) -> list[dict[str, Any]]:
+        """A few concrete trials (every grid value, sampled dimensions at their first option) to validate."""
+        keys = list(self.search_space)
+        options = []
+        for key in keys:
+            spec = self.search_space[key]
+            kind, value = next(iter(spec.items()))
+            options.append(value if kind in ("grid", "choice") else [value[0]])
+        return [dict(zip(keys, combo)) for combo in itertools.islice(itertools.product(*options), 200)]
+
+
+def _domain(key: str, spec: dict[str, Any], source: str):
+    kind, value = next(iter(spec.items()))
+    if kind == "grid":
+        return tune.grid_search(list(value))
+    if kind == "choice":
+        return tune.choice(list(value))
+    low, high = value
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](low, high)
+
+
+def _check_domain(key: str, spec: Any, source: str) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAINS:
+        raise ConfigError(f"{source}: search_space.{key} must be one of "
+                          + ", ".join(f"{{{d}: ...}}" for d in DOMAINS) + f", got {spec!r}")
+    kind, value = next(iter(spec.items()))
+    if kind in ("grid", "choice"):
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{source}: search_space.{key}.{kind} must be a non-empty list")
+    elif not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+              and value[0] < value[1]):
+        raise ConfigError(f"{source}: search_space.{key}.{kind} must be [low, high] with low < high, got {value!r}")
+    elif kind == "loguniform" and value[0] <= 0:
+        raise ConfigError(f"{source}: search_space.{key}.loguniform needs low > 0, got {value!r}")
+
+
+def _build(cls, values: Any, source: str, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'the file'}' must be a mapping, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return values
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file; bundled sweeps resolve by name (`smoke` -> tune_configs/smoke.yaml)."""
+    file = resolve_sweep_path(path).absolute()  # trials run in other working directories
+    source = str(file)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    values = dict(_build(SweepConfig, raw, source, ""))
+    for required in ("name", "base", "search_space"):
+        if required not in values:
+            raise ConfigError(f"{source}: '{required}' is required")
+    values["scheduler"] = SchedulerConfig(**_build(SchedulerConfig, values.get("scheduler", {}), source, "scheduler."))
+    values["search"] = SearchConfig(**_build(SearchConfig, values.get("search", {}), source, "search."))
+    sweep = SweepConfig(**values, source=source)
+    sweep.base = str(_base_path(sweep.base, file))
+    sweep.overrides.setdefault("tracking.experiment", sweep.name)  # one MLflow experiment per sweep
+    _validate(sweep)
+    return sweep
+
+
+def _base_path(base: str, sweep_file: Path) -> Path:
+    """The base config: next to the sweep file, else a path or bundled name (`cpu_small`); absolute."""
+    beside = sweep_file.parent / base
+    return (beside if beside.is_file() else resolve_config_path(base)).absolute()
+
+
+def _validate(sweep: SweepConfig) -> None:
+    src = sweep.source
+    if sweep.mode not in ("max", "min"):
+        raise ConfigError(f"{src}: mode must be max or min, got {sweep.mode!r}")
+    if sweep.scheduler.name not in SCHEDULERS:
+        raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
+    if sweep.search.name not in SEARCHERS:
+        raise ConfigError(f"{src}: search.name must be one of {', '.join(SEARCHERS)}")
+    if not isinstance(sweep.search_space, dict) or not sweep.search_space:
+        raise ConfigError(f"{src}: search_space must map config keys to domains")
+    for key, spec in sweep.search_space.items():
+        _check_domain(key, spec, src)
+    if sweep.search.name == "optuna" and sweep.grid_size() > 1:
+        raise ConfigError(f"{src}: optuna samples; write its dimensions as choice/uniform/loguniform, not grid")
+    if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
+        raise ConfigError(f"{src}: num_samples and max_concurrent_trials must be >= 1")
+    base = sweep.base_values()
+    known = set(config_from_dict(base, f"{src} (base {sweep.base})").flat())
+    for key in sweep.search_space:
+        if key not in known:
+            raise ConfigError(f"{src}: search_space key '{key}' is not a training-config key")
+    for params in sweep.corner_params():  # every grid value must make a valid training config
+        sweep.trial_config(params)
+    if not sweep.metric.startswith(("keypoints/", "bbox/", "loss")):
+        raise ConfigError(f"{src}: metric {sweep.metric!r} is not reported (use keypoints/AP, bbox/AP, loss, ...)")
+
+
+SWEEP_DIR = Path(__file__).resolve().parents[1] / "tune_configs"
+
+
+def resolve_sweep_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    bundled = SWEEP_DIR / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
+    if bundled.is_file():
+        return bundled
+    known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
+    raise ConfigError(f"sweep file '{path}' not found (bundled sweeps: {known})")
