@@ -5,38 +5,21 @@ step}`. Pipeline stages save shards of the same dict; `merge_shards` joins them.
 """
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pgnet.atomic import atomic_path
+
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file in the same folder, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """`torch.save`, atomically: never a torn checkpoint."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def read_torch_file(path: str | Path, *, weights_only: bool, what: str) -> Any:

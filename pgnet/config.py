@@ -58,6 +58,8 @@ class SyntheticConfig:
     val_images: int = 64
     image_size: tuple[int, int] = (256, 256)  # (height, width) of generated images
     seed: int = 0
+    people: tuple[int, int] = (1, 5)  # people per image, [min, max]
+    heights: tuple[float, float] = (0.25, 0.9)  # standing height, fractions of the image height
 
 
 @dataclass
@@ -186,6 +188,12 @@ class Config:
         h, w = self.data.input_size
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ConfigError(f"data.input_size={list(self.data.input_size)} must be positive multiples of 32")
+        syn = self.data.synthetic
+        if not 1 <= syn.people[0] <= syn.people[1] <= 5:
+            raise ConfigError(f"data.synthetic.people={list(syn.people)} must be [min, max] with 1 <= min <= max <= 5")
+        if not 0.1 <= syn.heights[0] <= syn.heights[1] <= 1.0:
+            raise ConfigError(f"data.synthetic.heights={list(syn.heights)} must be [min, max] fractions of the "
+                              "image height with 0.1 <= min <= max <= 1")
         if self.train.batch_size < 1 or self.train.epochs < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
         p = self.pipeline
@@ -326,16 +334,16 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any] | list[str
     return out
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """A config file path, or the name of a bundled config (`cpu_small`)."""
+def resolve_config_path(path: str | Path, bundled_dir: Path = CONFIG_DIR, kind: str = "config") -> Path:
+    """A file path, or the name of a file bundled in `bundled_dir` (`cpu_small`)."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    bundled = CONFIG_DIR / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
+    bundled = bundled_dir / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
     if bundled.is_file():
         return bundled
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{path}' not found (bundled configs: {known})")
+    known = ", ".join(sorted(p.stem for p in bundled_dir.glob("*.yaml")))
+    raise ConfigError(f"{kind} file '{path}' not found (bundled {kind}s: {known})")
 
 
 def load_config(path: str | Path | None = None,

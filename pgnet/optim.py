@@ -49,3 +49,10 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
+
+
+def align_lr(cfg: OptimConfig, optimizer: torch.optim.Optimizer, scheduler, step: int, total_steps: int) -> None:
+    """After loading a checkpoint: the saved rates follow the saved run's schedule; the next step
+    (`step` done so far) must use this run's schedule of `total_steps`, which may be longer or shorter."""
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * lr_factor(cfg, step, total_steps)

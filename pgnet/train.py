@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from pgnet.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from pgnet.atomic import write_json_atomic
+from pgnet.checkpoint import load_checkpoint, save_atomic
 from pgnet.config import Config, config_from_dict, save_config
 from pgnet.data.dataset import CocoKeypoints, collate_samples
 from pgnet.data.order import epoch_batches, steps_per_epoch
@@ -29,7 +30,7 @@ from pgnet.engine import evaluate_model, resolve_device, to_device
 from pgnet.losses import PGNetLoss
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.models import PGNet, build_model
-from pgnet.optim import build_optimizer, build_scheduler, lr_factor
+from pgnet.optim import align_lr, build_optimizer, build_scheduler
 from pgnet.progress import progress_bar
 
 log = logging.getLogger("pgnet.train")
@@ -60,6 +61,12 @@ def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints
     train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
     val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
     return train_set, val_set
+
+
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """A run starts only in a directory that holds no run (its step log), unless resumed."""
+    if (Path(run_dir) / METRICS_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
 
 
 def total_steps(cfg: Config, num_images: int) -> int:
@@ -139,8 +146,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         metrics_log.truncate_after(state.step)
         eval_log.truncate_after(state.step)
         log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
-    elif (run_dir / METRICS_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
+    else:
+        check_new_run_dir(run_dir)
     save_config(cfg, run_dir / "config.yaml")
 
     budget = BadSampleBudget(cfg.data.max_bad_fraction)
@@ -227,8 +234,6 @@ def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -
     if planned != steps:
         log.warning("resuming a run planned for %d steps as one of %d (train.epochs or train.max_steps changed): "
                     "steps %d.. follow the LR schedule of a %d-step run", planned, steps, step + 1, steps)
-    # The saved rates are the old schedule's; the next step must use this run's schedule at `step`.
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base_lr * lr_factor(cfg.optim, step, steps)
+    align_lr(cfg.optim, optimizer, scheduler, step, steps)
     return RunState(epoch=ckpt["epoch"], step=step, best=ckpt.get("best", float("-inf")), total_steps=steps,
                     epoch_batches_done=ckpt.get("epoch_batches_done", 0))

@@ -115,7 +115,7 @@ def measure_data(cfg: Config, timed_epochs: int = TIMED_EPOCHS) -> dict[str, Any
     dataset = training_set(cfg)
     ctx = ray.data.DataContext.get_current()
     limits = ctx.execution_options.resource_limits
-    ctx.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cfg.data.workers)
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(cpu=cfg.data.workers)
     try:
         warm_ray, warm_loader = ray_data_epoch(dataset, cfg, 0), dataloader_epoch(dataset, cfg, 0)
         ray_runs, loader_runs = [], []

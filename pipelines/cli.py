@@ -34,7 +34,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.tracking import tracking_hooks
+    from pgnet.train import check_new_run_dir
     cfg = load_config(args.config, args.set)
+    if not args.resume:
+        check_new_run_dir(args.run_dir)  # before an MLflow run is opened for it
     with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow) as hooks:
         if cfg.pipeline.stages >= 1:
             from pipelines.pipeline_train import train_on_ray
@@ -102,7 +105,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from pgnet.data.synthetic import write_synthetic_dataset
-    paths = write_synthetic_dataset(args.out, args.images, args.val_images, args.seed, args.size, progress=True)
+    paths = write_synthetic_dataset(args.out, args.images, args.val_images, args.seed, args.size, progress=True,
+                                    people=tuple(args.people), heights=tuple(args.heights))
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0
@@ -206,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-images", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=_size, default=(256, 256), help="image size, e.g. 256 or 240x320 (h x w)")
+    s.add_argument("--people", type=int, nargs=2, default=[1, 5], metavar=("MIN", "MAX"), help="people per image")
+    s.add_argument("--heights", type=float, nargs=2, default=[0.25, 0.9], metavar=("MIN", "MAX"),
+                   help="a person's standing height, fractions of the image height")
     s.set_defaults(func=cmd_data_synth)
 
     p = sub.add_parser("bench", help="benchmarks (ratios against a baseline measured in the same run)")

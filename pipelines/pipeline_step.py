@@ -18,7 +18,7 @@ from pgnet.codec.targets import empty_targets, output_size
 from pgnet.config import Config
 from pgnet.losses import PGNetLoss
 from pgnet.models import PGNet, set_sync_bn_group
-from pgnet.optim import build_optimizer, build_scheduler
+from pgnet.optim import align_lr, build_optimizer, build_scheduler
 from pipelines.schedules import build_schedule, virtual_stages
 from pipelines.stages import StageModule, build_stage_modules, stage_indices
 from pipelines.topology import Groups, Topology
@@ -57,6 +57,7 @@ class PipelineRunner:
     def __init__(self, cfg: Config, topo: Topology, groups: Groups, model: PGNet, balance: list[int],
                  total_steps: int, device: torch.device):
         self.cfg, self.topo, self.groups, self.device = cfg, topo, groups, device
+        self.total_steps = total_steps
         p = cfg.pipeline
         self.virtual = virtual_stages(p.schedule, p.virtual_stages)
         self.pieces = stage_indices(topo.stage, topo.stages, self.virtual)
@@ -156,7 +157,7 @@ class PipelineRunner:
                 "scheduler": self.scheduler.state_dict(), "pieces": self.pieces}
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None,
-             scheduler_state: dict[str, Any] | None) -> None:
+             scheduler_state: dict[str, Any] | None, step: int = 0) -> None:
         from pgnet.checkpoint import load_named_optimizer_state
         for m in self.modules:
             m.load_model_state(model_state)
@@ -164,3 +165,4 @@ class PipelineRunner:
             load_named_optimizer_state(self.optimizer, self.named_params, optimizer_state)
         if scheduler_state is not None:
             self.scheduler.load_state_dict(scheduler_state)
+            align_lr(self.cfg.optim, self.optimizer, self.scheduler, step, self.total_steps)

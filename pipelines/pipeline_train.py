@@ -22,8 +22,7 @@ from pgnet.config import Config, save_config
 from pgnet.data.dataset import coco_paths
 from pgnet.data.records import load_coco_records
 from pgnet.data.source import resolve_data_root
-from pgnet.metrics_log import METRICS_FILE
-from pgnet.train import seeded_model, total_steps
+from pgnet.train import check_new_run_dir, seeded_model, total_steps
 from pipelines.balance import costs_to_json, measure_unit_costs, partition, stage_table
 from pipelines.ray_runtime import ensure_ray
 from pipelines.schedules import virtual_stages
@@ -67,11 +66,12 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...)."""
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = str(latest_checkpoint(run_dir)) if resume and latest_checkpoint(run_dir) else None
+    found = latest_checkpoint(run_dir) if resume else None
+    resume_from = str(found) if found else None
     if resume and resume_from is None:
         log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
-    if not resume and (run_dir / METRICS_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
+    if not resume:
+        check_new_run_dir(run_dir)
     ensure_ray(cfg, concurrent_runs)
     root = resolve_data_root(cfg.data)
     records, counts = load_coco_records(*coco_paths(root, cfg.data.train_split))

@@ -58,5 +58,5 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 def load_shards(folder: Path, runner: PipelineRunner) -> dict[str, Any]:
     """Load this rank's stage(s) from a checkpoint written with any stage count; returns the run state."""
     meta, model, optimizer_state, scheduler = read_checkpoint(folder)
-    runner.load(model, optimizer_state, scheduler)
+    runner.load(model, optimizer_state, scheduler, step=meta["step"])
     return {"epoch": meta["epoch"], "step": meta["step"], "best": meta.get("best", float("-inf"))}

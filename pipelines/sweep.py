@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pgnet.config import Config
 from pgnet.data.source import resolve_data_root
-from pipelines.pipeline_train import latest_checkpoint, train_on_ray
+from pipelines.pipeline_train import train_on_ray
 from pipelines.ray_runtime import cpus_per_run, ensure_ray
 from pipelines.sweep_config import SweepConfig
 from pipelines.tracking import MlflowHooks, experiment_id, log_run_artifacts, start_run, tracking_uri
@@ -46,7 +46,9 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, parent_run_id: str, ur
     client = MlflowClient(uri)
     run_id = trial_run_id(client, cfg, ctx.get_trial_id(), ctx.get_trial_name(), parent_run_id, params)
     hooks = MlflowHooks(client, run_id)
-    resume = latest_checkpoint(run_dir) is not None  # a restored sweep: continue, don't redo
+    # A restored sweep re-runs the trials it had not finished: from their last checkpoint if they
+    # had one, else from scratch (the partial step log is truncated, not appended to).
+    resume = run_dir.exists()
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         train_on_ray(cfg, run_dir, resume=resume, mlflow=hooks, callbacks=[TuneReportCallback()])

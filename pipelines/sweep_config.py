@@ -61,7 +61,7 @@ class SweepConfig:
 
     def param_space(self) -> dict[str, Any]:
         """The Tune search space, keyed by the flat config keys."""
-        return {key: _domain(key, spec, self.source) for key, spec in self.search_space.items()}
+        return {key: _domain(spec) for key, spec in self.search_space.items()}
 
     def grid_size(self) -> int:
         return math.prod(len(spec["grid"]) for spec in self.search_space.values() if "grid" in spec)
@@ -80,7 +80,7 @@ class SweepConfig:
         return [dict(zip(keys, combo)) for combo in itertools.islice(itertools.product(*options), 200)]
 
 
-def _domain(key: str, spec: dict[str, Any], source: str):
+def _domain(spec: dict[str, Any]):
     kind, value = next(iter(spec.items()))
     if kind == "grid":
         return tune.grid_search(list(value))
@@ -173,11 +173,5 @@ SWEEP_DIR = Path(__file__).resolve().parents[1] / "tune_configs"
 
 
 def resolve_sweep_path(path: str | Path) -> Path:
-    candidate = Path(path)
-    if candidate.is_file():
-        return candidate
-    bundled = SWEEP_DIR / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
-    if bundled.is_file():
-        return bundled
-    known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
-    raise ConfigError(f"sweep file '{path}' not found (bundled sweeps: {known})")
+    return resolve_config_path(path, SWEEP_DIR, "sweep")
+

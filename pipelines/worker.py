@@ -19,9 +19,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from pgnet.checkpoint import save_atomic, write_json_atomic
+from pgnet.atomic import write_json_atomic
+from pgnet.checkpoint import save_atomic
 from pgnet.config import Config, config_from_dict
-from pgnet.data.order import steps_per_epoch
 from pgnet.engine import evaluate_model
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.train import BEST_CHECKPOINT, BEST_METRIC, BEST_PREDICTIONS, BadSampleBudget, seeded_model, training_datasets

@@ -28,6 +28,12 @@ TINY_OVERRIDES = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `last_in_session` (the multi-node cluster, which stops every Ray process on the
+    machine) run after all others, so the session's local Ray starts once and is not restarted."""
+    items.sort(key=lambda item: item.get_closest_marker("last_in_session") is not None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one intra-op thread for a test module: the tiny models gain nothing from two, and two

@@ -304,6 +304,17 @@ def test_existing_run_dir_is_a_user_error(capsys, cli_run, tiny_overrides):
                                 "or pick a new --run-dir"]
 
 
+def test_existing_run_dir_opens_no_mlflow_run(capsys, cli_run, tiny_overrides, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, _ = run_cli(capsys, "train", "--run-dir", cli_run, "--quiet", "--set", *tiny_overrides,
+                         "tracking.mlflow=true", "tracking.experiment=cli-existing")
+    assert code == 2
+    assert MlflowClient(uri).get_experiment_by_name("cli-existing") is None  # nothing logged of the old run
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])

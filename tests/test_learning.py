@@ -1,8 +1,11 @@
 """It learns: a tiny version of the bundled `cpu_small` recipe, trained briefly on synthetic people, gets better.
 
-One short run (64 px inputs, a few hundred images): the training loss and its main terms fall, and key-point
-and box AP on the held-out synthetic split end clearly above those of the same seeded model before training.
-Every bound below comes from measured runs, with a safety margin (the figures are next to each constant).
+One short run (64 px inputs, 192 images, 120 steps, about a minute on one thread): the training loss and
+each of its main terms fall, and box AP on the held-out synthetic split ends far above that of the same
+seeded model before training. Key-point AP at this size stays 0.0 before and after (measured: at 64 px a
+person spans a few output cells, too coarse for OKS); the falling key-point terms stand in for it here, and
+the bundled `cpu_small` run (README) is where key-point AP is measured. Every bound below comes from a
+measured run, with a margin (the figures are next to each constant).
 """
 from __future__ import annotations
 
@@ -23,9 +26,41 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 TINY_LEARNER = [
     "model.cffm_channels=32", "model.decoder_channels=32", "model.head_channels=16",
     "data.input_size=[64, 64]", "data.synthetic.image_size=[128, 128]",
-    "data.synthetic.train_images=256", "data.synthetic.val_images=16",
-    "train.batch_size=16", "train.epochs=12", "train.eval_every=12", "train.log_every=50",
+    "data.synthetic.train_images=192", "data.synthetic.val_images=16",
+    "train.batch_size=16", "train.epochs=10", "train.eval_every=10", "train.log_every=50",
     "optim.warmup_steps=20", "eval.max_images=0", "tracking.mlflow=false",
 ]
-STEPS = 192  # 12 epochs of 16 batches
-WINDOW = 24  # steps averaged at each end of the loss curve
+STEPS = 120  # 10 epochs of 12 batches
+WINDOW = 16  # steps averaged at each end of the loss curve
+# last-window mean / first-window mean must be below these (measured: 0.60, 0.50, 0.81, 0.69, 0.58)
+LOSS_DROP = {"loss": 0.75, "loss/hm": 0.7, "loss/box": 0.92, "loss/hm_hp": 0.85, "loss/kps": 0.75}
+BOX_AP_GAIN = 0.15  # measured: bbox AP 0.006 untrained, 0.328 trained (AP50 0.034 -> 0.844)
+
+
+@pytest.fixture(scope="module")
+def learner(tmp_path_factory) -> tuple[Config, Path]:
+    run_dir = tmp_path_factory.mktemp("learner")
+    cfg = load_config("cpu_small", [*TINY_LEARNER, f"data.synthetic_dir={tmp_path_factory.mktemp('synthetic')}"])
+    train(cfg, run_dir, progress=False)
+    return cfg, run_dir
+
+
+def test_the_training_loss_and_each_main_term_fall(learner):
+    _, run_dir = learner
+    records = read_jsonl(run_dir / METRICS_FILE)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for key, bound in LOSS_DROP.items():
+        first = statistics.fmean(r[key] for r in records[:WINDOW])
+        last = statistics.fmean(r[key] for r in records[-WINDOW:])
+        assert last < bound * first, f"{key}: mean of the first {WINDOW} steps {first:.4f}, of the last {last:.4f}"
+
+
+def test_box_ap_on_held_out_images_rises_over_the_untrained_model(learner):
+    cfg, run_dir = learner
+    _, val_set = training_datasets(cfg, progress=False)
+    before, _ = evaluate_model(seeded_model(cfg), val_set, cfg.eval, torch.device("cpu"), progress=False)
+    after = read_jsonl(run_dir / EVALUATIONS_FILE)[-1]
+    assert after["step"] == STEPS
+    assert after["eval/images"] == cfg.data.synthetic.val_images  # the whole held-out split, none skipped
+    assert after["bbox/AP"] >= before["bbox/AP"] + BOX_AP_GAIN, (before["bbox/AP"], after["bbox/AP"])
+    assert after["bbox/AP50"] > before["bbox/AP50"]

@@ -169,6 +169,21 @@ def test_people_are_large_enough_to_learn(dataset):
     assert (heights >= 0.1).mean() >= 0.9
 
 
+def test_crowd_settings_bound_people_per_image_and_their_size(tmp_path):
+    few_and_large = {"people": (1, 2), "heights": (0.6, 0.9)}
+    default = write_synthetic_coco(tmp_path / "default", VAL, 24, 0, (128, 128))
+    chosen = write_synthetic_coco(tmp_path / "chosen", VAL, 24, 0, (128, 128), **few_and_large)
+    sizes = {}
+    for name, path in (("default", default), ("chosen", chosen)):
+        data = json.loads(path.read_text())
+        per_image = [sum(a["image_id"] == img["id"] for a in data["annotations"]) for img in data["images"]]
+        sizes[name] = np.median([max(a["bbox"][2], a["bbox"][3]) for a in data["annotations"]]) / 128
+        if name == "chosen":
+            assert 1 <= min(per_image) and max(per_image) <= 2
+            assert data["info"]["people"] == [1, 2] and data["info"]["heights"] == [0.6, 0.9]
+    assert sizes["chosen"] > 1.3 * sizes["default"]  # measured: 0.64 vs 0.41 of the image side
+
+
 def test_json_records_the_rendered_scene(dataset):
     """The file holds exactly what render_synthetic_image draws, in COCO's conventions."""
     data = dataset["train_json"]
@@ -300,10 +315,10 @@ def test_an_interrupted_write_leaves_no_dataset_that_looks_complete(tmp_path, mo
     old_marker = (root / MARKER_NAME).read_text()
     real = synthetic.render_synthetic_image
 
-    def failing(seed, split, index, image_size):
+    def failing(seed, split, index, image_size, **scene):
         if split == VAL:
             raise Interrupted
-        return real(seed, split, index, image_size)
+        return real(seed, split, index, image_size, **scene)
 
     monkeypatch.setattr(synthetic, "render_synthetic_image", failing)
     with pytest.raises(Interrupted):
@@ -340,6 +355,11 @@ def test_a_folder_that_is_not_ours_is_never_replaced(tmp_path):
     ({"seed": -3}, "seed="),
     ({"image_size": (32, 256)}, "image_size="),
     ({"image_size": 256}, "image_size="),
+    ({"people": (0, 2)}, "people="),
+    ({"people": (3, 2)}, "people="),
+    ({"people": (1, 9)}, "people="),
+    ({"heights": (0.5, 1.5)}, "heights="),
+    ({"heights": "tall"}, "heights="),
 ])
 def test_bad_arguments_are_explained(tmp_path, kwargs, message):
     args = {"out_dir": tmp_path, "split": VAL, "num_images": 1, "seed": 0, "image_size": (128, 128)} | kwargs

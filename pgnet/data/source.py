@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgnet.config import DataConfig
-from pgnet.data.synthetic import write_synthetic_dataset
+from pgnet.data.synthetic import HEIGHTS, PEOPLE, write_synthetic_dataset
 
 
 def synthetic_root(cfg: DataConfig) -> Path:
     """One folder per synthetic setting, so runs with different settings never rewrite each other's."""
     s = cfg.synthetic
     key = f"seed{s.seed}-train{s.train_images}-val{s.val_images}-{s.image_size[0]}x{s.image_size[1]}"
+    if (tuple(s.people), tuple(s.heights)) != (PEOPLE, HEIGHTS):
+        key += f"-people{s.people[0]}-{s.people[1]}-heights{s.heights[0]:g}-{s.heights[1]:g}"
     return Path(cfg.synthetic_dir) / key
 
 
@@ -21,5 +23,6 @@ def resolve_data_root(cfg: DataConfig, progress: bool = True) -> Path:
     s = cfg.synthetic
     root = synthetic_root(cfg)
     write_synthetic_dataset(root, s.train_images, s.val_images, s.seed, tuple(s.image_size),
-                            progress=progress, train_split=cfg.train_split, val_split=cfg.val_split)
+                            progress=progress, train_split=cfg.train_split, val_split=cfg.val_split,
+                            people=tuple(s.people), heights=tuple(s.heights))
     return root

@@ -5,10 +5,10 @@ The demo's and the tests' default data set, in the standard COCO layout, determi
 Scene model (per image, all drawn with PIL, nothing anti-aliased):
 - background: a gradient between two muted colours, low-frequency colour noise and 4-13 clutter
   shapes (boxes, ellipses, polygons, outlines, limb-like thick lines);
-- 1-5 people, later ones drawn in front of earlier ones. Each is a kinematic figure: torso
+- 1-5 people (`people`), later ones drawn in front of earlier ones. Each is a kinematic figure: torso
   (filled), neck, head with hair, eyes and nose, two-segment arms with hands and legs with feet,
   random build, lean, facing (yaw: front, profile or back), joint angles, rotation and scale
-  (standing height 25-90% of the image height). The figure's own left limbs are drawn a shade
+  (standing height 25-90% of the image height, `heights`; crowded scenes cap it). The figure's own left limbs are drawn a shade
   darker than its right ones: together with the face this keeps left/right learnable at 128 px;
 - sometimes 1-2 foreground occluders (boxes, poles, ellipses) over a person;
 - mild sensor noise, then JPEG at quality 95 without chroma subsampling.
@@ -41,6 +41,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from pgnet.atomic import write_json_atomic
 from pgnet.data.skeleton import KEYPOINT_NAMES, NUM_KEYPOINTS, PERSON_CATEGORY
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ MARKER_NAME = "pgnet_synthetic.json"  # at the data set root: the arguments it w
 SPLIT_MARKER = ".pgnet-synthetic"  # inside an image folder: "this folder is ours to replace"
 MIN_VISIBLE_KEYPOINTS = 4
 MAX_PEOPLE = 5
+PEOPLE = (1, MAX_PEOPLE)  # people per image, uniform
+HEIGHTS = (0.25, 0.9)  # a person's standing height as a fraction of the image height, uniform
 MAX_IMAGES = 999_999  # image ids are split_code * 1e6 + index + 1
 JPEG_QUALITY = 95
 OCCLUDER_LABEL = 255
@@ -523,15 +526,18 @@ def _image_rngs(seed: int, split: str, index: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in sequence.spawn(3)]
 
 
-def _plan_people(rng: np.random.Generator, height: int, width: int,
-                 background: np.ndarray) -> tuple[list[_Figure], list[list[Part]]]:
-    count = int(rng.integers(1, MAX_PEOPLE + 1))
-    top = {1: 0.9, 2: 0.85, 3: 0.75}.get(count, 0.6)  # crowded scenes hold smaller people
+def _plan_people(rng: np.random.Generator, height: int, width: int, background: np.ndarray,
+                 people: tuple[int, int] = PEOPLE,
+                 heights: tuple[float, float] = HEIGHTS) -> tuple[list[_Figure], list[list[Part]]]:
+    count = int(rng.integers(people[0], people[1] + 1))
+    low, high = heights
+    top = min(high, {1: 0.9, 2: 0.85, 3: 0.75}.get(count, 0.6))  # crowded scenes hold smaller people
+    top = max(top, low)
     hue0 = rng.random()
     figures: list[_Figure] = []
     boxes: list[np.ndarray] = []
     for i in range(count):
-        figure = _sample_figure(rng, height * rng.uniform(0.25, top))
+        figure = _sample_figure(rng, height * rng.uniform(low, top))
         figure = _place(rng, figure, height, width, boxes)
         box = _parts_box(figure.parts)
         x0, y0 = np.clip(box[:2].astype(int), 0, [width - 1, height - 1])
@@ -549,8 +555,8 @@ def _plan_people(rng: np.random.Generator, height: int, width: int,
     return figures, occluders
 
 
-def render_synthetic_image(seed: int, split: str, index: int,
-                           image_size: tuple[int, int] = (256, 256)) -> SyntheticImage:
+def render_synthetic_image(seed: int, split: str, index: int, image_size: tuple[int, int] = (256, 256), *,
+                           people: tuple[int, int] = PEOPLE, heights: tuple[float, float] = HEIGHTS) -> SyntheticImage:
     """Image `index` of `split` for `seed`: the picture (before JPEG), its label map and its people.
 
     `image_size` is (height, width). The same arguments always give the same scene.
@@ -560,7 +566,7 @@ def render_synthetic_image(seed: int, split: str, index: int,
     background_image = _background(bg_rng, height, width)
     background = np.asarray(background_image)
     for _attempt in range(50):
-        figures, occluders = _plan_people(people_rng, height, width, background)
+        figures, occluders = _plan_people(people_rng, height, width, background, people, heights)
         keep = [True] * len(figures)
         labels = _label_map(height, width, figures, keep, occluders)
         visible = [int((_visibility(f, i + 1, labels) == 2).sum()) for i, f in enumerate(figures)]
@@ -642,6 +648,24 @@ def _check_args(split: str, num_images: int, seed: int, image_size: tuple[int, i
     return height, width
 
 
+def check_crowd(people: tuple[int, int], heights: tuple[float, float]) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Validated (people, heights) ranges of a scene: 1 <= min <= max <= MAX_PEOPLE people,
+    0.1 <= min <= max <= 1 of the image height."""
+    try:
+        lo, hi = (int(v) for v in people)
+    except (TypeError, ValueError):
+        raise ValueError(f"people={people!r}: give [min, max] people per image, e.g. [1, 5]") from None
+    if not 1 <= lo <= hi <= MAX_PEOPLE:
+        raise ValueError(f"people={people!r}: need 1 <= min <= max <= {MAX_PEOPLE}")
+    try:
+        h_lo, h_hi = (float(v) for v in heights)
+    except (TypeError, ValueError):
+        raise ValueError(f"heights={heights!r}: give [min, max] fractions of the image height, e.g. [0.25, 0.9]") from None
+    if not 0.1 <= h_lo <= h_hi <= 1.0:
+        raise ValueError(f"heights={heights!r}: need 0.1 <= min <= max <= 1 (fractions of the image height)")
+    return (lo, hi), (h_lo, h_hi)
+
+
 def _written_by_us(annotation: Path) -> bool:
     with open(annotation, "rb") as f:
         return DESCRIPTION.encode() in f.read(4096)
@@ -692,12 +716,6 @@ def _swap_in(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
 def _progress(iterable: range, enabled: bool, desc: str):
     if not enabled:
         return iterable
@@ -706,7 +724,8 @@ def _progress(iterable: range, enabled: bool, desc: str):
 
 
 def write_synthetic_coco(out_dir: str | Path, split: str, num_images: int, seed: int,
-                         image_size: tuple[int, int] = (256, 256), progress: bool = False) -> Path:
+                         image_size: tuple[int, int] = (256, 256), progress: bool = False, *,
+                         people: tuple[int, int] = PEOPLE, heights: tuple[float, float] = HEIGHTS) -> Path:
     """Write `out_dir/<split>/<id:012d>.jpg` and `out_dir/annotations/person_keypoints_<split>.json`.
 
     `image_size` is (height, width). Same arguments, same bytes; another split or seed, other
@@ -716,6 +735,7 @@ def write_synthetic_coco(out_dir: str | Path, split: str, num_images: int, seed:
     written last, also by rename: an interrupted run leaves no annotation file, never a stale one.
     """
     height, width = _check_args(split, num_images, seed, image_size)
+    people, heights = check_crowd(people, heights)
     out_dir = Path(out_dir)
     ann_path = out_dir / "annotations" / f"person_keypoints_{split}.json"
     img_dir = out_dir / split
@@ -729,7 +749,7 @@ def write_synthetic_coco(out_dir: str | Path, split: str, num_images: int, seed:
     images, annotations, dropped = [], [], 0
     try:
         for index in _progress(range(num_images), progress, f"synthetic {split}"):
-            scene = render_synthetic_image(seed, split, index, (height, width))
+            scene = render_synthetic_image(seed, split, index, (height, width), people=people, heights=heights)
             img_id = image_id(split, index)
             file_name = f"{img_id:012d}.jpg"
             scene.image.save(tmp_dir / file_name, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -750,6 +770,8 @@ def write_synthetic_coco(out_dir: str | Path, split: str, num_images: int, seed:
             "seed": seed,
             "split": split,
             "image_size": [height, width],
+            "people": list(people),
+            "heights": list(heights),
             "min_visible_keypoints": MIN_VISIBLE_KEYPOINTS,
             "people_not_drawn": dropped,
         },
@@ -758,7 +780,7 @@ def write_synthetic_coco(out_dir: str | Path, split: str, num_images: int, seed:
         "annotations": annotations,
         "categories": [copy.deepcopy(PERSON_CATEGORY)],
     }
-    _write_json_atomic(ann_path, dataset)
+    write_json_atomic(dataset, ann_path, separators=(",", ":"))
     log.info("wrote %d synthetic images with %d people to %s (%d planned people hidden, not drawn)",
              len(images), len(annotations), img_dir, dropped)
     return ann_path
@@ -800,7 +822,8 @@ def _is_complete(out_dir: Path, wanted: dict) -> bool:
 
 def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: int, seed: int,
                             image_size: tuple[int, int] = (256, 256), progress: bool = False, *,
-                            train_split: str = "train2017", val_split: str = "val2017") -> dict[str, Path]:
+                            train_split: str = "train2017", val_split: str = "val2017",
+                            people: tuple[int, int] = PEOPLE, heights: tuple[float, float] = HEIGHTS) -> dict[str, Path]:
     """The train and val splits in `out_dir`, written only if it does not already hold exactly these.
 
     Returns `{split: annotation path}`. The arguments are kept in `out_dir/pgnet_synthetic.json`;
@@ -813,9 +836,12 @@ def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: 
         raise ValueError(f"train_split and val_split are both {train_split!r}: give two different names")
     height, width = _check_args(train_split, train_images, seed, image_size)
     _check_args(val_split, val_images, seed, image_size)
+    people, heights = check_crowd(people, heights)
     out_dir = Path(out_dir).absolute()
     wanted = {"generator": "pgnet.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
               "image_size": [height, width], "splits": {train_split: train_images, val_split: val_images}}
+    if (people, heights) != (PEOPLE, HEIGHTS):  # the default scene keeps the marker of earlier versions
+        wanted["scene"] = {"people": list(people), "heights": list(heights)}
     paths = {split: out_dir / "annotations" / f"person_keypoints_{split}.json" for split in wanted["splits"]}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
@@ -835,7 +861,8 @@ def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: 
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             for split, count in wanted["splits"].items():
-                write_synthetic_coco(tmp, split, count, seed, (height, width), progress)
+                write_synthetic_coco(tmp, split, count, seed, (height, width), progress,
+                                     people=people, heights=heights)
             (tmp / MARKER_NAME).write_text(json.dumps(wanted, indent=2) + "\n")
             _swap_in(tmp, out_dir)
         except BaseException:
@@ -846,6 +873,6 @@ def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: 
 
 
 __all__ = [
-    "GENERATOR_VERSION", "MIN_VISIBLE_KEYPOINTS", "MAX_PEOPLE", "SyntheticImage", "SyntheticPerson",
+    "GENERATOR_VERSION", "HEIGHTS", "MIN_VISIBLE_KEYPOINTS", "MAX_PEOPLE", "PEOPLE", "check_crowd", "SyntheticImage", "SyntheticPerson",
     "image_id", "render_synthetic_image", "split_code", "write_synthetic_coco", "write_synthetic_dataset",
 ]

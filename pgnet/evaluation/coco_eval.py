@@ -10,14 +10,13 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from pgnet.atomic import write_text_atomic
 from pgnet.evaluation.results import PERSON_CATEGORY_ID, load_results
 
 log = logging.getLogger(__name__)
@@ -122,20 +121,7 @@ def write_metrics_json(metrics: dict[str, float], path: str | Path) -> Path:
     bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
     if bad:
         raise ValueError(f"metrics {bad} are not finite numbers; JSON cannot hold them")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps({k: float(v) for k, v in metrics.items()}, indent=2) + "\n")
 
 
 def _results_for(people: list[dict], iou_type: str) -> list[dict]:

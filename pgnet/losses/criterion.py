@@ -7,14 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pgnet.codec.targets import TARGET_KEYS
 from pgnet.config import LossConfig
 from pgnet.losses.focal import batch_mean, focal_loss
 from pgnet.losses.iou import box_iou_loss, box_loss_kinds
 
 MAIN_OUTPUTS = ("hm", "wh", "reg", "kps", "hm_hp", "hp_offset")
 GUIDE_OUTPUTS = ("guide_hm", "guide_wh", "guide_reg")
-TARGET_KEYS = ("hm", "hm_hp", "hm_weight", "ind", "mask", "box", "reg", "kps", "kps_mask",
-               "hp_ind", "hp_offset", "hp_mask")
 
 
 def gather_at(feat: Tensor, ind: Tensor) -> Tensor:

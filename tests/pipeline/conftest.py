@@ -40,11 +40,15 @@ def tiny_config(synthetic_dir: Path, *overrides: str) -> Config:
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, synthetic_dir):
-    """The single-process trainer on the tiny config: what pipeline runs must reproduce."""
+    """The single-process trainer on the tiny config: what pipeline runs must reproduce (each set of
+    overrides trained once per session)."""
+    done: dict[tuple[str, ...], Path] = {}
+
     def run(*overrides: str) -> tuple[list[dict], Path]:
-        run_dir = tmp_path_factory.mktemp("reference")
-        train(tiny_config(synthetic_dir, *overrides), run_dir, progress=False)
-        return read_jsonl(run_dir / "metrics.jsonl"), run_dir
+        if overrides not in done:
+            done[overrides] = tmp_path_factory.mktemp("reference")
+            train(tiny_config(synthetic_dir, *overrides), done[overrides], progress=False)
+        return read_jsonl(done[overrides] / "metrics.jsonl"), done[overrides]
     return run
 
 

@@ -1,8 +1,8 @@
 """The cluster recipes: the local multi-node cluster runs a real pipeline job; the manifests are sound.
 
 The multi-node test stops every Ray process on the machine when it ends (that is
-what `local_multinode.sh down` does), so it first shuts the session's Ray down;
-later tests start it again through the `local_ray` fixture.
+what `local_multinode.sh down` does), so it first shuts the session's Ray down and
+runs last in the session (`last_in_session`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
+@pytest.mark.last_in_session
 def test_a_pipeline_job_runs_on_the_local_multinode_cluster(tmp_path, synthetic_dir):
     ray.shutdown()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
