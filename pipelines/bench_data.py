@@ -217,7 +217,7 @@ def _print_data(d: dict[str, Any], cfg: Config, print_fn: Callable[[str], Any]) 
         print_fn(f"{name} {d[f'{key}_images_per_s']:8.1f} images/s  (epochs: {epochs}; first batch after "
                  f"{d[f'{key}_first_batch_s']:.2f} s; warm-up epoch {d['warmup_s'][key]:.2f} s)")
     verdict = "meets" if d["ratio"] >= TARGET_RATIO else "below"
-    print_fn(f"Ray Data / DataLoader: {d['ratio']:.2f} ({verdict} the target >= {TARGET_RATIO})")
+    print_fn(f"Ray Data / DataLoader: {d['ratio']:.3f} ({verdict} the target >= {TARGET_RATIO})")
 
 
 def _print_tune(t: dict[str, float], print_fn: Callable[[str], Any]) -> None:

@@ -236,9 +236,13 @@ def test_bench_model_prints_timings_and_a_ratio(capsys):
     assert code == 0
     assert re.search(r"pgnet-resnet18 forward\s+64x64", stdout)
     assert re.search(r"pgnet-resnet18 fwd\+bwd\s+64x64", stdout)
-    assert "keypointrcnn_resnet50_fpn forward" in stdout
+    ms = {name: float(value) for name, value in re.findall(
+        r"^(pgnet-resnet50|keypointrcnn_resnet50_fpn) inference \((?:contiguous|channels_last)\)\s+64x64\s+"
+        r"(\d+\.\d)", stdout, re.M)}
+    assert set(ms) == {"pgnet-resnet50", "keypointrcnn_resnet50_fpn"}, stdout
     ratio = re.search(r"PGNet-R50 inference is (\d+\.\d+)x faster than Keypoint R-CNN", stdout)
-    assert ratio and float(ratio.group(1)) > 0
+    assert ratio and float(ratio.group(1)) == pytest.approx(ms["keypointrcnn_resnet50_fpn"] / ms["pgnet-resnet50"],
+                                                            rel=0.05, abs=0.02)  # the printed ms are rounded
 
 
 # --- user errors ---------------------------------------------------------------------------------
