@@ -95,7 +95,9 @@ def full_batches(dataset: ray.data.Dataset, batch_size: int, stats: FeedStats
     buffer: list[dict[str, np.ndarray]] = []
     keys = ("image", *TARGET_KEYS, *META_KEYS)
     tick = time.perf_counter()
-    for batch in dataset.iter_batches(batch_size=SAMPLE_BATCH, batch_format="numpy", prefetch_batches=2):
+    # batch_size=None: the map's output blocks as they are (SAMPLE_BATCH rows each), no re-batching copy;
+    # `pgnet bench data` measured Ray Data / DataLoader 0.92 (mean of 3) with it, 0.88 (of 2) without.
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         stats.wait_seconds += time.perf_counter() - tick
         for i in range(len(batch["ok"])):
             stats.seen += 1

@@ -30,7 +30,7 @@ def run_demo(storage: str = "runs/demo", fresh: bool = False, print_fn=print) ->
     report = build_report(sweep.overrides["tracking.experiment"], metric=sweep.metric, rows=("loss.box",))
     paths = write_report(report, Path(storage) / f"{sweep.name}_report")
     print_fn(report.to_markdown())
-    print_fn("report files: " + ", ".join(str(p) for p in paths))
+    print_fn("report files: " + ", ".join(str(p) for p in paths.values()))
     uri = tracking_uri(None)
     print_fn(f"\nsweep of {len(grid)} trials ({len(failed)} failed) in {time.perf_counter() - start:.0f} s")
     print_fn(f"compare the runs in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000\n"
