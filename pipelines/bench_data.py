@@ -34,6 +34,7 @@ from pgnet.config import Config, load_config
 from pgnet.data.dataset import CocoKeypoints, collate_samples
 from pgnet.data.order import epoch_batches
 from pgnet.data.source import resolve_data_root
+from pgnet.train import training_datasets
 from pipelines.data_feed import FeedStats, epoch_dataset, full_batches, replica_rows
 
 log = logging.getLogger("pgnet.bench_data")
@@ -76,9 +77,7 @@ def bench_config(images: int, workers: int, synthetic_dir: str | Path | None = N
 
 def training_set(cfg: Config) -> CocoKeypoints:
     """The training split as the single-process trainer builds it (train augmentation on)."""
-    d = cfg.data
-    return CocoKeypoints(resolve_data_root(d, progress=False), d.train_split, input_size=tuple(d.input_size),
-                         max_people=d.max_people, augment=d.augment, train=True, seed=cfg.train.seed)
+    return training_datasets(cfg, progress=False)[0]
 
 
 def dataloader_epoch(dataset: CocoKeypoints, cfg: Config, epoch: int) -> EpochTiming:

@@ -142,7 +142,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.experiment, metric=args.metric, rows=tuple(args.rows))
     print(report.to_markdown())
     if args.out:
-        for path in write_report(report, Path(args.out)):
+        for path in write_report(report, Path(args.out)).values():
             print(f"written: {path}")
     return 0
 

@@ -157,7 +157,7 @@ class PipelineRunner:
                 "scheduler": self.scheduler.state_dict(), "pieces": self.pieces}
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None,
-             scheduler_state: dict[str, Any] | None, step: int = 0) -> None:
+             scheduler_state: dict[str, Any] | None, *, step: int) -> None:
         from pgnet.checkpoint import load_named_optimizer_state
         for m in self.modules:
             m.load_model_state(model_state)

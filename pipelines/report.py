@@ -17,12 +17,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from pgnet.config import BACKBONES, BOX_LOSSES, NORMS
-from pipelines.tracking import PARENT_TAG, tracking_uri
+from pipelines.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, tracking_uri
 
 log = logging.getLogger("pgnet.report")
 
-ROLE_TAG = "pgnet.role"
-TRIAL_ID_TAG = "pgnet.trial_id"
 TABLE3_ROWS = ("model.backbone", "model.norm")
 TABLE3_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APS", "bbox/APM", "bbox/APL", "keypoints/AP")
 ALSO_READ = ("keypoints/AP50", "keypoints/AP75")  # in the CSV beside the table's columns
@@ -392,7 +390,7 @@ def _check_keys(runs: list, metric: str, rows: tuple[str, ...]) -> None:
 
 def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str]) -> TrialResult:
     info = run.info
-    trial = TrialResult(info.run_id, run.data.tags.get(TRIAL_ID_TAG, info.run_name or info.run_id[:8]),
+    trial = TrialResult(info.run_id, run.data.tags.get(TRIAL_TAG, info.run_name or info.run_id[:8]),
                         info.status, dict(run.data.params), info.start_time or 0)
     history = _by_step(client.get_metric_history(info.run_id, metric)) if metric in run.data.metrics else {}
     if not history:
@@ -400,7 +398,10 @@ def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str]) -> T
     # the highest value; on a tie the earlier evaluation (reached first)
     trial.step = max(history, key=lambda step: (history[step], -step))
     for name in wanted:
-        values = _by_step(client.get_metric_history(info.run_id, name)) if name in run.data.metrics else {}
+        if name == metric:
+            values = history  # fetched above
+        else:
+            values = _by_step(client.get_metric_history(info.run_id, name)) if name in run.data.metrics else {}
         if trial.step in values:
             trial.values[name] = values[trial.step]
     trial.epoch = trial.values.pop("epoch", None)

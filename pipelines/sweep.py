@@ -25,13 +25,11 @@ from pgnet.data.source import resolve_data_root
 from pipelines.pipeline_train import train_on_ray
 from pipelines.ray_runtime import cpus_per_run, ensure_ray
 from pipelines.sweep_config import SweepConfig
-from pipelines.tracking import MlflowHooks, experiment_id, log_run_artifacts, start_run, tracking_uri
+from pipelines.tracking import (ROLE_TAG, SWEEP_TAG, TRIAL_TAG, MlflowHooks, experiment_id, log_run_artifacts,
+                                start_run, tracking_uri)
 
 log = logging.getLogger("pgnet.sweep")
 
-TRIAL_TAG = "pgnet.trial_id"
-ROLE_TAG = "pgnet.role"
-SWEEP_TAG = "pgnet.sweep_dir"
 TRIALS_DIR = "trials"  # storage/<sweep>/trials/<trial id>: each trial's pgnet run directory
 TRIAL_CPU = 0.1  # the Tune trial process itself only waits on its Train run
 

@@ -26,6 +26,10 @@ log = logging.getLogger("pgnet.tracking")
 
 DEFAULT_STORE = "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+# Tags of sweep runs, written by `pipelines.sweep` and read by `pipelines.report`.
+ROLE_TAG = "pgnet.role"  # "sweep" (the parent run) or "trial"
+TRIAL_TAG = "pgnet.trial_id"
+SWEEP_TAG = "pgnet.sweep_dir"
 PREDICTION_IMAGES = 8
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,15 @@ def test_default_store_comes_from_the_environment(store, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # no mlflow.db here: the environment's store must be used
     assert len(build_report(EXPERIMENT).cells) == 4
+
+
+def test_report_command_prints_the_table_and_the_written_files(store, monkeypatch, tmp_path, capsys):
+    from pipelines.cli import main
+    uri, _, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["report", "--experiment", EXPERIMENT, "--out", str(tmp_path / "t3")]) == 0
+    out = capsys.readouterr().out
+    assert build_report(EXPERIMENT, uri).to_markdown() in out
+    written = [line.removeprefix("written: ") for line in out.splitlines() if line.startswith("written: ")]
+    assert sorted(Path(p).name for p in written) == ["t3.csv", "t3.md", "t3.png"]
+    assert all(Path(p).is_file() for p in written)

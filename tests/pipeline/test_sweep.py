@@ -18,8 +18,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pgnet.metrics_log import read_jsonl
-from pipelines.sweep import ROLE_TAG, run_sweep
+from pipelines.sweep import run_sweep
 from pipelines.sweep_config import load_sweep
+from pipelines.tracking import ROLE_TAG
 from tests.pipeline.conftest import TINY
 
 pytestmark = pytest.mark.ray
