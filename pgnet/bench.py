@@ -116,6 +116,8 @@ def run_model_benchmark(backbones: list[str], sizes: list[tuple[int, int]], batc
                          f"{timing.images_per_s:>9.2f}")
                 results[f"{timing.name}@{size[0]}x{size[1]}"] = timing.images_per_s
     if compare_size:
+        # Timed again, back to back, although the table above has PGNet-R50: the two models of the ratio
+        # run at the same moment, so a machine that slows down between the table and here skews neither.
         h, w = compare_size
         rcnn, rcnn_formats = keypoint_rcnn_timing(compare_size, batch, repeats)
         ours, our_formats = pgnet_inference_timing("resnet50", compare_size, batch, repeats)

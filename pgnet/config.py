@@ -188,12 +188,11 @@ class Config:
         h, w = self.data.input_size
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ConfigError(f"data.input_size={list(self.data.input_size)} must be positive multiples of 32")
-        syn = self.data.synthetic
-        if not 1 <= syn.people[0] <= syn.people[1] <= 5:
-            raise ConfigError(f"data.synthetic.people={list(syn.people)} must be [min, max] with 1 <= min <= max <= 5")
-        if not 0.1 <= syn.heights[0] <= syn.heights[1] <= 1.0:
-            raise ConfigError(f"data.synthetic.heights={list(syn.heights)} must be [min, max] fractions of the "
-                              "image height with 0.1 <= min <= max <= 1")
+        from pgnet.data.synthetic import check_crowd  # imported here: pgnet.data imports this module
+        try:
+            check_crowd(self.data.synthetic.people, self.data.synthetic.heights)
+        except ValueError as err:
+            raise ConfigError(f"data.synthetic.{err}") from None
         if self.train.batch_size < 1 or self.train.epochs < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
         p = self.pipeline
@@ -250,7 +249,11 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
-        return _build(annotation, value, source, key + ".")
+        return build_dataclass(annotation, value, source, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
@@ -282,9 +285,11 @@ def _as_float(value: Any, key: str, source: str) -> float:
     raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
 
 
-def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """`cls(**values)` with every key known and every value of its field's type, else a ConfigError
+    naming the key (`prefix` + name) and `source`. Fields with `init=False` are not keys."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(
@@ -297,7 +302,7 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
 def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(values).__name__}")
-    cfg = _build(Config, values, source)
+    cfg = build_dataclass(Config, values, source)
     try:
         return cfg.validate()
     except ConfigError as err:

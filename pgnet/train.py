@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -61,6 +62,17 @@ def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints
     train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
     val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
     return train_set, val_set
+
+
+def epoch_loader(dataset: CocoKeypoints, cfg: Config, epoch: int,
+                 batches: list[np.ndarray] | None = None) -> DataLoader:
+    """The DataLoader of one training epoch with `data.workers` processes: the epoch's augmentation and its
+    batches (`epoch_batches`; give `batches`, a part of them, to resume or stop mid-epoch)."""
+    dataset.set_epoch(epoch)
+    if batches is None:
+        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch)
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
+                      num_workers=cfg.data.workers)
 
 
 def check_new_run_dir(run_dir: str | Path) -> None:
@@ -156,11 +168,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     while state.step < steps:
         done = state.epoch_batches_done  # a run extended after max_steps cut its epoch short goes on with it
         epoch = state.epoch if done else state.epoch + 1
-        train_set.set_epoch(epoch)
         epoch_plan = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
         batches = epoch_plan[done:][: steps - state.step]  # max_steps may end the run mid-epoch
-        loader = DataLoader(train_set, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
-                            num_workers=cfg.data.workers)
+        loader = epoch_loader(train_set, cfg, epoch, batches)
         tick = time.perf_counter()
         bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch}", unit="step")
         for images, targets, _, num_bad in bar:

@@ -11,7 +11,7 @@ first reads of the image files. Timed epochs alternate between the two paths (a 
 shared with other jobs slows both alike) and the best epoch of each is reported.
 
 Ray Data gets N CPUs: a local Ray started with `num_cpus=N` (or, when Ray is already
-running, `DataContext.execution_options.resource_limits.cpu = N`) and one CPU per map
+running or RAY_ADDRESS names a cluster, `DataContext.execution_options.resource_limits.cpu = N`) and one CPU per map
 task (`ray.data_cpus = 1`), so at most N preprocessing tasks run at once, like N DataLoader workers.
 """
 from __future__ import annotations
@@ -28,14 +28,12 @@ from typing import Any, Callable
 import ray
 import ray.data
 from ray import tune
-from torch.utils.data import DataLoader
 
 from pgnet.config import Config, load_config
-from pgnet.data.dataset import CocoKeypoints, collate_samples
-from pgnet.data.order import epoch_batches
-from pgnet.data.source import resolve_data_root
-from pgnet.train import training_datasets
+from pgnet.data.dataset import CocoKeypoints
+from pgnet.train import epoch_loader, training_datasets
 from pipelines.data_feed import FeedStats, epoch_dataset, full_batches, replica_rows
+from pipelines.ray_runtime import ensure_ray
 
 log = logging.getLogger("pgnet.bench_data")
 
@@ -68,28 +66,24 @@ def bench_config(images: int, workers: int, synthetic_dir: str | Path | None = N
         f"data.synthetic.train_images={images}", "data.synthetic.val_images=1",
         f"data.synthetic.image_size=[{SOURCE_SIZE[0]}, {SOURCE_SIZE[1]}]",
         f"data.input_size=[{INPUT_SIZE[0]}, {INPUT_SIZE[1]}]", f"train.batch_size={BATCH}",
-        f"data.workers={workers}", "ray.data_cpus=1.0", "pipeline.data_parallel=1",
+        f"data.workers={workers}", "ray.data_cpus=1.0", f"ray.num_cpus={workers}", "pipeline.data_parallel=1",
     ]
     if synthetic_dir is not None:
         overrides.append(f"data.synthetic_dir={synthetic_dir}")
     return load_config(None, overrides)
 
 
-def training_set(cfg: Config) -> CocoKeypoints:
+def training_set(cfg: Config, progress: bool = False) -> CocoKeypoints:
     """The training split as the single-process trainer builds it (train augmentation on)."""
-    return training_datasets(cfg, progress=False)[0]
+    return training_datasets(cfg, progress=progress)[0]
 
 
 def dataloader_epoch(dataset: CocoKeypoints, cfg: Config, epoch: int) -> EpochTiming:
     """One epoch as `pgnet.train` reads it: a new DataLoader over the epoch's batches."""
     start = time.perf_counter()
-    dataset.set_epoch(epoch)
-    batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch)
-    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
-                        num_workers=cfg.data.workers)
     ids: list[int] = []
     first = None
-    for images, _, meta, _ in loader:
+    for images, _, meta, _ in epoch_loader(dataset, cfg, epoch):
         if first is None:
             first = time.perf_counter() - start
         ids.extend(meta["image_id"].tolist())
@@ -109,9 +103,9 @@ def ray_data_epoch(dataset: CocoKeypoints, cfg: Config, epoch: int) -> EpochTimi
     return EpochTiming(time.perf_counter() - start, first or math.nan, ids)
 
 
-def measure_data(cfg: Config, timed_epochs: int = TIMED_EPOCHS) -> dict[str, Any]:
-    """Warm-up epoch of each path, then `timed_epochs` of each, alternating; the best epoch of each."""
-    dataset = training_set(cfg)
+def measure_data(cfg: Config, dataset: CocoKeypoints, timed_epochs: int = TIMED_EPOCHS) -> dict[str, Any]:
+    """Warm-up epoch of each path over `dataset` (`training_set(cfg)`), then `timed_epochs` of each,
+    alternating; the best epoch of each."""
     ctx = ray.data.DataContext.get_current()
     limits = ctx.execution_options.resource_limits
     ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(cpu=cfg.data.workers)
@@ -184,22 +178,20 @@ def run_data_benchmark(images: int = 512, workers: int = 2, trivial_trials: int 
     """Measure and print (a) Ray Data vs DataLoader images/s with `workers` processes each, and
     (b) a Tune sweep of `trivial_trials` trivial trials vs plain calls. Returns the numbers."""
     cfg = bench_config(images, workers, synthetic_dir)
-    resolve_data_root(cfg.data, progress=False)  # generate the images before anything is timed
+    dataset = training_set(cfg, progress=True)  # the images are generated before anything is timed
     started = not ray.is_initialized()
-    if started:  # ours, sized to the workers; a Ray already running is joined and left running
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=True,
-                 logging_level=logging.WARNING)
+    ensure_ray(cfg)  # a local Ray of `workers` CPUs (ray.num_cpus), or the one RAY_ADDRESS names
     ray_data_log = logging.getLogger("ray.data")
     level = ray_data_log.level
     ray_data_log.setLevel(logging.WARNING)  # not a line per epoch's plan between the results
     try:
-        data = measure_data(cfg, timed_epochs)
+        data = measure_data(cfg, dataset, timed_epochs)
         _print_data(data, cfg, print_fn)
         overhead = measure_tune(trivial_trials)
         _print_tune(overhead, print_fn)
     finally:
         ray_data_log.setLevel(level)
-        if started:
+        if started:  # ours: a Ray that was running before is left running
             ray.shutdown()
     return {**data, **overhead, "images": images, "workers": workers}
 

@@ -22,6 +22,7 @@ from pgnet.config import Config, save_config
 from pgnet.data.dataset import coco_paths
 from pgnet.data.records import load_coco_records
 from pgnet.data.source import resolve_data_root
+from pgnet.data.order import steps_per_epoch
 from pgnet.train import check_new_run_dir, seeded_model, total_steps
 from pipelines.balance import costs_to_json, measure_unit_costs, partition, stage_table
 from pipelines.ray_runtime import ensure_ray
@@ -38,6 +39,10 @@ def choose_balance(cfg: Config, run_dir: Path | None = None, print_fn=print) -> 
     """Units per pipeline piece: `pipeline.balance`, or cut from measured unit costs (printed)."""
     pieces = cfg.pipeline.stages * virtual_stages(cfg.pipeline.schedule, cfg.pipeline.virtual_stages)
     model = seeded_model(cfg)
+    if pieces == 1 and not cfg.pipeline.balance:  # nothing to cut: no need to time the units
+        units = len(model.units())
+        print_fn(f"stage balance: one stage holds all {units} units")
+        return [units]
     microbatch = cfg.train.batch_size // cfg.pipeline.data_parallel // cfg.pipeline.microbatches
     costs = measure_unit_costs(model, tuple(cfg.data.input_size), max(1, microbatch))
     balance = list(cfg.pipeline.balance) if cfg.pipeline.balance else partition([c.seconds for c in costs], pieces)
@@ -83,6 +88,7 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir), "records": ray.put(records),
                            "balance": balance, "total_steps": steps,
+                           "steps_per_epoch": steps_per_epoch(len(records), cfg.train.batch_size),
                            "mlflow_run_id": mlflow.run_id if mlflow else None,
                            "mlflow_uri": mlflow.client.tracking_uri if mlflow else None,
                            "trace_samples": trace_samples, "measure_memory": measure_memory,

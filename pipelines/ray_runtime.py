@@ -17,6 +17,7 @@ from pgnet.config import Config
 log = logging.getLogger("pgnet.ray")
 
 DATA_CPUS = 2  # logical CPU slots kept free for Ray Data tasks
+DRIVER_CPU = 0.1  # what a Tune trial asks for: it only waits on its Train run
 # Worker processes start slowly on a busy small machine (import torch + ray, at most one start per
 # core at a time); Ray Train's default 60 s start-up limit then retries for ever. Wait longer instead.
 RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -35,12 +36,28 @@ def cpus_per_run(cfg: Config) -> float:
     return workers_per_run(cfg) * cfg.ray.cpus_per_worker
 
 
+def _runs_cpus(cfg: Config, concurrent_runs: int) -> float:
+    """CPUs that the runs themselves hold: their Train workers and the process driving each."""
+    return concurrent_runs * (cpus_per_run(cfg) + DRIVER_CPU)
+
+
 def local_cpus(cfg: Config, concurrent_runs: int = 1) -> int:
-    """Logical CPUs for a local Ray: every concurrent run's workers, plus Ray Data's slots."""
+    """Logical CPUs for a local Ray: every concurrent run's workers and driver, plus Ray Data's slots."""
     if cfg.ray.num_cpus:
         return cfg.ray.num_cpus
-    needed = concurrent_runs * cpus_per_run(cfg) + DATA_CPUS + 0.5 * concurrent_runs
-    return max(os.cpu_count() or 1, math.ceil(needed))
+    return max(os.cpu_count() or 1, math.ceil(_runs_cpus(cfg, concurrent_runs) + DATA_CPUS))
+
+
+def check_capacity(cfg: Config, concurrent_runs: int) -> None:
+    """Refuse a plan the cluster can never place, instead of waiting forever for resources: the runs
+    and at least one Ray Data task (with no CPU left for one, the workers wait for data for ever)."""
+    have = ray.cluster_resources().get("CPU", 0)
+    need = _runs_cpus(cfg, concurrent_runs) + cfg.ray.data_cpus
+    if need > have:
+        raise RuntimeError(
+            f"{concurrent_runs} concurrent run(s) need {need:g} CPUs ({cpus_per_run(cfg):g} for each run's workers, "
+            f"{DRIVER_CPU:g} for its driver, {cfg.ray.data_cpus:g} for a Ray Data task) but the cluster has "
+            f"{have:g}; lower max_concurrent_trials or ray.cpus_per_worker, or add nodes")
 
 
 def ensure_ray(cfg: Config, concurrent_runs: int = 1) -> None:

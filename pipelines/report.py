@@ -8,6 +8,7 @@ import csv
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from pgnet.config import BACKBONES, BOX_LOSSES, NORMS
+from pgnet.evaluation.coco_eval import format_stat
 from pipelines.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, tracking_uri
 
 log = logging.getLogger("pgnet.report")
@@ -89,7 +91,7 @@ class Report:
     def counted(self) -> list[TrialResult]:
         return [t for t in self.trials if t.counted]
 
-    @property
+    @cached_property
     def cells(self) -> list[Cell]:
         groups: dict[tuple[str, ...], list[TrialResult]] = {}
         for trial in self.counted:
@@ -210,10 +212,7 @@ class Report:
 
 def format_percent(value: float | None) -> str:
     """A COCO stat as % with one decimal; "n/a" for COCOeval's -1, "—" when it was not logged."""
-    percent = _percent(value)
-    if percent is None:
-        return "—" if value is None or math.isnan(value) else "n/a"
-    return f"{percent:.1f}"
+    return "—" if value is None or math.isnan(value) else format_stat(value)
 
 
 def _percent(value: float | None) -> float | None:

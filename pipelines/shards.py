@@ -59,4 +59,5 @@ def load_shards(folder: Path, runner: PipelineRunner) -> dict[str, Any]:
     """Load this rank's stage(s) from a checkpoint written with any stage count; returns the run state."""
     meta, model, optimizer_state, scheduler = read_checkpoint(folder)
     runner.load(model, optimizer_state, scheduler, step=meta["step"])
-    return {"epoch": meta["epoch"], "step": meta["step"], "best": meta.get("best", float("-inf"))}
+    return {"epoch": meta["epoch"], "step": meta["step"], "best": meta.get("best", float("-inf")),
+            "epoch_batches_done": meta.get("epoch_batches_done", 0), "epoch_rows_done": meta.get("epoch_rows_done", [])}

@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pgnet.config import Config
 from pgnet.data.source import resolve_data_root
 from pipelines.pipeline_train import train_on_ray
-from pipelines.ray_runtime import cpus_per_run, ensure_ray
+from pipelines.ray_runtime import DRIVER_CPU, check_capacity, ensure_ray
 from pipelines.sweep_config import SweepConfig
 from pipelines.tracking import (ROLE_TAG, SWEEP_TAG, TRIAL_TAG, MlflowHooks, experiment_id, log_run_artifacts,
                                 start_run, tracking_uri)
@@ -31,7 +31,6 @@ from pipelines.tracking import (ROLE_TAG, SWEEP_TAG, TRIAL_TAG, MlflowHooks, exp
 log = logging.getLogger("pgnet.sweep")
 
 TRIALS_DIR = "trials"  # storage/<sweep>/trials/<trial id>: each trial's pgnet run directory
-TRIAL_CPU = 0.1  # the Tune trial process itself only waits on its Train run
 
 
 # --- the trial ------------------------------------------------------------------------------------
@@ -105,11 +104,10 @@ def trainable(sweep: SweepConfig, storage: Path, parent_run_id: str, uri: str):
     """`run_trial` with the sweep's fixed arguments, asking Tune for a sliver of CPU (it only waits)."""
     return tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, parent_run_id=parent_run_id, uri=uri,
-                             trials_dir=str(storage / sweep.name / TRIALS_DIR)), {"cpu": TRIAL_CPU})
+                             trials_dir=str(storage / sweep.name / TRIALS_DIR)), {"cpu": DRIVER_CPU})
 
 
-def build_tuner(sweep: SweepConfig, storage: Path, parent_run_id: str, uri: str) -> tune.Tuner:
-    base = sweep.trial_config(sweep.corner_params()[0])
+def build_tuner(sweep: SweepConfig, base: Config, storage: Path, parent_run_id: str, uri: str) -> tune.Tuner:
     closer = MlflowTrialCloser(uri, base.tracking.experiment, base.train.epochs, storage / sweep.name / TRIALS_DIR)
     return tune.Tuner(
         trainable(sweep, storage, parent_run_id, uri),
@@ -141,17 +139,16 @@ def _searcher(sweep: SweepConfig):
     return None
 
 
-def sweep_parent_run(client: MlflowClient, sweep: SweepConfig, storage: Path, resume: bool) -> str:
+def sweep_parent_run(client: MlflowClient, sweep: SweepConfig, base: Config, storage: Path, resume: bool) -> str:
     """The sweep's MLflow parent run (reopened on --resume)."""
-    cfg = sweep.trial_config(sweep.corner_params()[0])
-    exp = experiment_id(client, cfg.tracking.experiment)
+    exp = experiment_id(client, base.tracking.experiment)
     if resume:
         found = client.search_runs([exp], filter_string=f"tags.`{SWEEP_TAG}` = '{storage / sweep.name}'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-    run_id = start_run(client, cfg, run_name=sweep.name, extra_tags={ROLE_TAG: "sweep",
+    run_id = start_run(client, base, run_name=sweep.name, extra_tags={ROLE_TAG: "sweep",
                                                                       SWEEP_TAG: str(storage / sweep.name)})
     client.log_param(run_id, "sweep.file", sweep.source)
     client.log_param(run_id, "sweep.trials", sweep.total_trials())
@@ -161,15 +158,15 @@ def sweep_parent_run(client: MlflowClient, sweep: SweepConfig, storage: Path, re
 def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: bool = False) -> tune.ResultGrid:
     """Run (or `resume`) the sweep; returns Tune's result grid."""
     storage = Path(storage).absolute()
-    pin_paths(sweep)
-    base = sweep.trial_config(sweep.corner_params()[0])
+    base = sweep.base_config()
+    pin_paths(sweep, base)
     resolve_data_root(base.data)  # generate the synthetic set once, before trials start
     concurrent = min(sweep.max_concurrent_trials, sweep.total_trials())
     ensure_ray(base, concurrent_runs=concurrent)
-    _check_capacity(base, concurrent)
+    check_capacity(base, concurrent)
     uri = tracking_uri(base.tracking.tracking_uri)
     client = MlflowClient(uri)
-    parent = sweep_parent_run(client, sweep, storage, resume)
+    parent = sweep_parent_run(client, sweep, base, storage, resume)
     log.info("sweep %s: %d trials, %d at a time; MLflow parent run %s in %s", sweep.name, sweep.total_trials(),
              concurrent, parent, uri)
     status = RunStatus.to_string(RunStatus.FAILED)
@@ -182,7 +179,7 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
             if path.exists() and not resume:
                 raise FileExistsError(f"{path} holds an earlier run of this sweep; pass --resume to continue it, "
                                       "or --storage somewhere else to start afresh")
-            tuner = build_tuner(sweep, storage, parent, uri)
+            tuner = build_tuner(sweep, base, storage, parent, uri)
         grid = tuner.fit()
         status = RunStatus.to_string(RunStatus.FINISHED)
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
@@ -196,18 +193,10 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
         client.set_terminated(parent, status)
 
 
-def pin_paths(sweep: SweepConfig) -> None:
-    """Make the data paths absolute: trials run with their trial folder as working directory."""
-    data = sweep.trial_config(sweep.corner_params()[0]).data
-    sweep.overrides["data.synthetic_dir"] = str(Path(data.synthetic_dir).absolute())
+def pin_paths(sweep: SweepConfig, base: Config) -> None:
+    """Make the data paths absolute, in the sweep and in its `base` config: trials run with their trial
+    folder as working directory."""
+    data = base.data
+    data.synthetic_dir = sweep.overrides["data.synthetic_dir"] = str(Path(data.synthetic_dir).absolute())
     if data.root:
-        sweep.overrides["data.root"] = str(Path(data.root).absolute())
-
-
-def _check_capacity(cfg: Config, concurrent: int) -> None:
-    """Refuse a plan the cluster can never place, instead of waiting forever for resources."""
-    have = ray.cluster_resources().get("CPU", 0)
-    need = concurrent * (cpus_per_run(cfg) + TRIAL_CPU)
-    if need > have:
-        raise RuntimeError(f"{concurrent} concurrent trials need {need:g} CPUs but the cluster has {have:g}; "
-                           "lower max_concurrent_trials or ray.cpus_per_worker, or add nodes")
+        data.root = sweep.overrides["data.root"] = str(Path(data.root).absolute())

@@ -6,7 +6,6 @@ choices is an error naming the key and the file.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from pgnet.config import Config, ConfigError, apply_overrides, config_from_dict, resolve_config_path
+from pgnet.config import Config, ConfigError, apply_overrides, build_dataclass, config_from_dict, resolve_config_path
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
@@ -48,16 +47,20 @@ class SweepConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     num_samples: int = 1  # samples of the sampled dimensions (grid dimensions are crossed in full)
     max_concurrent_trials: int = 1
-    source: str = ""  # the file it came from (filled in by load_sweep)
+    source: str = field(default="", init=False)  # the file it came from (set by load_sweep)
+    base_file_values: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # `base`, as read
 
     def base_values(self) -> dict[str, Any]:
         """The base training config as a nested dict, with the sweep's fixed overrides applied."""
-        values = yaml.safe_load(Path(self.base).read_text()) or {}
         # every epoch is evaluated, so each report Tune sees carries the metric ASHA ranks by
-        return apply_overrides(values, {**self.overrides, "train.eval_every": 1})
+        return apply_overrides(self.base_file_values, {**self.overrides, "train.eval_every": 1})
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         return config_from_dict(apply_overrides(self.base_values(), params), f"{self.source} (trial {params})")
+
+    def base_config(self) -> Config:
+        """The config of the first trial: what every trial shares (data, tracking, resources)."""
+        return self.trial_config(self.corner_params()[0])
 
     def param_space(self) -> dict[str, Any]:
         """The Tune search space, keyed by the flat config keys."""
@@ -105,35 +108,30 @@ def _check_domain(key: str, spec: Any, source: str) -> None:
         raise ConfigError(f"{source}: search_space.{key}.loguniform needs low > 0, got {value!r}")
 
 
-def _build(cls, values: Any, source: str, prefix: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'the file'}' must be a mapping, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)} - {"source"}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
-    return values
-
-
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file; bundled sweeps resolve by name (`smoke` -> tune_configs/smoke.yaml)."""
     file = resolve_sweep_path(path).absolute()  # trials run in other working directories
     source = str(file)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    values = dict(_build(SweepConfig, raw, source, ""))
+    raw = _read_yaml(file, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a sweep file must be a YAML mapping, got {type(raw).__name__}")
     for required in ("name", "base", "search_space"):
-        if required not in values:
+        if required not in raw:
             raise ConfigError(f"{source}: '{required}' is required")
-    values["scheduler"] = SchedulerConfig(**_build(SchedulerConfig, values.get("scheduler", {}), source, "scheduler."))
-    values["search"] = SearchConfig(**_build(SearchConfig, values.get("search", {}), source, "search."))
-    sweep = SweepConfig(**values, source=source)
+    sweep = build_dataclass(SweepConfig, raw, source)
+    sweep.source = source
     sweep.base = str(_base_path(sweep.base, file))
+    sweep.base_file_values = _read_yaml(Path(sweep.base), f"{source} (base {sweep.base})") or {}
     sweep.overrides.setdefault("tracking.experiment", sweep.name)  # one MLflow experiment per sweep
     _validate(sweep)
     return sweep
+
+
+def _read_yaml(file: Path, source: str) -> Any:
+    try:
+        return yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
 
 def _base_path(base: str, sweep_file: Path) -> Path:

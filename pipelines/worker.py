@@ -51,7 +51,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     runner = PipelineRunner(cfg, topo, groups, model, config["balance"], steps_total, device)
     if topo.rank != 0:
         del model  # only the stage modules stay alive here
-    state = {"epoch": 0, "step": 0, "best": float("-inf")}
+    state = {"epoch": 0, "step": 0, "best": float("-inf"), **UNCUT}
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts this run after a failure
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -76,12 +76,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     budget = BadSampleBudget(cfg.data.max_bad_fraction)
     per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
     totals = FeedStats()  # images read and skipped since this attempt started
-    while state["step"] < steps_total and state["epoch"] < cfg.train.epochs:
-        epoch = state["epoch"] + 1
+    while state["step"] < steps_total and (state["epoch"] < cfg.train.epochs or state["epoch_batches_done"]):
+        # a run extended after max_steps cut its epoch short goes on with that epoch, past the rows it read
+        done = state["epoch_batches_done"]
+        epoch = state["epoch"] if done else state["epoch"] + 1
+        rows_before = _rows_before(state, topo, per_replica)
         stats = FeedStats()
         batches = None
         if topo.first:
-            rows = replica_rows(records, cfg, epoch, topo.replica)
+            rows = replica_rows(records, cfg, epoch, topo.replica)[rows_before:]
             batches = full_batches(epoch_dataset(rows, cfg, epoch), per_replica, stats)
         epoch_losses, tick, step_seconds = [], time.perf_counter(), []
         while state["step"] < steps_total:
@@ -112,7 +115,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if topo.first:
             budget.add(stats.seen, stats.bad)
             totals.seen, totals.bad = totals.seen + stats.seen, totals.bad + stats.bad
+        if done and not epoch_losses:  # the cut came at the epoch's last batch: it was complete after all
+            state.update(epoch=epoch, **UNCUT)
+            continue
         state["epoch"] = epoch
+        batches_done = done + len(epoch_losses)
+        if state["step"] >= steps_total and batches_done < config["steps_per_epoch"]:  # cut short by max_steps
+            state["epoch_batches_done"] = batches_done
+            state["epoch_rows_done"] = _rows_read(rows_before + stats.seen if topo.first else 0, topo)
+        else:
+            state.update(UNCUT)
         # bad images make epochs shorter (batches stay full), so the epoch count can end the run first
         finished = state["step"] >= steps_total or epoch >= cfg.train.epochs
         report = {"epoch": epoch, "step": state["step"],
@@ -137,6 +149,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trace.close()
 
 
+UNCUT = {"epoch_batches_done": 0, "epoch_rows_done": []}  # the run state's mark of a complete epoch
+
+
 def _announce(run_dir: Path, topo: Topology, device: torch.device) -> None:
     """`run_dir/workers/rank<r>.json`: which process and node hosts which stage (for operators, and tests)."""
     import json
@@ -159,6 +174,25 @@ def _mlflow_hooks(config: dict[str, Any]):
 
     from pipelines.tracking import MlflowHooks
     return MlflowHooks(MlflowClient(config["mlflow_uri"]), config["mlflow_run_id"])
+
+
+def _rows_before(state: dict, topo: Topology, per_replica: int) -> int:
+    """Rows of the cut epoch this replica read before the run was cut (0 when the epoch is new)."""
+    if not state["epoch_batches_done"]:
+        return 0
+    if len(state["epoch_rows_done"]) == topo.replicas:
+        return state["epoch_rows_done"][topo.replica]
+    # resumed with another pipeline.data_parallel: the replicas' rows are cut anew from the same global
+    # batches, exact unless bad images were dropped before the cut
+    return state["epoch_batches_done"] * per_replica
+
+
+def _rows_read(rows: int, topo: Topology) -> list[int]:
+    """Every replica's count of rows read this epoch (`rows` from its first stage, 0 from other stages)."""
+    counts = torch.zeros(topo.replicas, dtype=torch.int64)
+    counts[topo.replica] = rows
+    dist.all_reduce(counts)
+    return counts.tolist()
 
 
 def _all_have_batch(have: bool) -> bool:

@@ -4,16 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgnet.config import DataConfig
-from pgnet.data.synthetic import HEIGHTS, PEOPLE, write_synthetic_dataset
+from pgnet.data.synthetic import scene_suffix, write_synthetic_dataset
 
 
 def synthetic_root(cfg: DataConfig) -> Path:
     """One folder per synthetic setting, so runs with different settings never rewrite each other's."""
     s = cfg.synthetic
     key = f"seed{s.seed}-train{s.train_images}-val{s.val_images}-{s.image_size[0]}x{s.image_size[1]}"
-    if (tuple(s.people), tuple(s.heights)) != (PEOPLE, HEIGHTS):
-        key += f"-people{s.people[0]}-{s.people[1]}-heights{s.heights[0]:g}-{s.heights[1]:g}"
-    return Path(cfg.synthetic_dir) / key
+    return Path(cfg.synthetic_dir) / (key + scene_suffix(s.people, s.heights))
 
 
 def resolve_data_root(cfg: DataConfig, progress: bool = True) -> Path:

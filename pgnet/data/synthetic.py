@@ -666,6 +666,14 @@ def check_crowd(people: tuple[int, int], heights: tuple[float, float]) -> tuple[
     return (lo, hi), (h_lo, h_hi)
 
 
+def scene_suffix(people: tuple[int, int], heights: tuple[float, float]) -> str:
+    """"" for the default scene (PEOPLE, HEIGHTS), else "-people1-3-heights0.5-0.9": what tells data sets
+    of other scenes apart, in folder names."""
+    if (tuple(people), tuple(heights)) == (PEOPLE, HEIGHTS):
+        return ""
+    return f"-people{people[0]}-{people[1]}-heights{heights[0]:g}-{heights[1]:g}"
+
+
 def _written_by_us(annotation: Path) -> bool:
     with open(annotation, "rb") as f:
         return DESCRIPTION.encode() in f.read(4096)
@@ -840,7 +848,7 @@ def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: 
     out_dir = Path(out_dir).absolute()
     wanted = {"generator": "pgnet.data.synthetic", "version": GENERATOR_VERSION, "seed": seed,
               "image_size": [height, width], "splits": {train_split: train_images, val_split: val_images}}
-    if (people, heights) != (PEOPLE, HEIGHTS):  # the default scene keeps the marker of earlier versions
+    if scene_suffix(people, heights):  # the default scene keeps the marker of earlier versions
         wanted["scene"] = {"people": list(people), "heights": list(heights)}
     paths = {split: out_dir / "annotations" / f"person_keypoints_{split}.json" for split in wanted["splits"]}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -873,6 +881,6 @@ def write_synthetic_dataset(out_dir: str | Path, train_images: int, val_images: 
 
 
 __all__ = [
-    "GENERATOR_VERSION", "HEIGHTS", "MIN_VISIBLE_KEYPOINTS", "MAX_PEOPLE", "PEOPLE", "check_crowd", "SyntheticImage", "SyntheticPerson",
+    "GENERATOR_VERSION", "HEIGHTS", "MIN_VISIBLE_KEYPOINTS", "MAX_PEOPLE", "PEOPLE", "check_crowd", "scene_suffix", "SyntheticImage", "SyntheticPerson",
     "image_id", "render_synthetic_image", "split_code", "write_synthetic_coco", "write_synthetic_dataset",
 ]

@@ -88,6 +88,11 @@ def evaluate(
     return metrics
 
 
+def format_stat(value: float) -> str:
+    """A COCO stat as a percentage with one decimal; "n/a" for COCOeval's -1 (no ground truth in that range)."""
+    return "n/a" if value < 0 else f"{100.0 * value:.1f}"
+
+
 def format_metrics_table(metrics: dict[str, float]) -> str:
     """A two-section text table (key points, boxes) of the metrics as percentages."""
     lines: list[str] = []
@@ -101,8 +106,7 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
         for name in names:
             value = metrics[name]
             undefined |= value < 0
-            shown = "n/a" if value < 0 else f"{100.0 * value:5.1f}"
-            lines.append(f"  {name:<{width}}{shown:>6}")
+            lines.append(f"  {name:<{width}}{format_stat(value):>6}")
     known = set(metric_names(STAT_NAMES))
     others = [k for k in metrics if k not in known]
     if others:

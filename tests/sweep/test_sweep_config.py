@@ -68,6 +68,11 @@ search_space:
     (GOOD.replace("search_space:\n  loss.box: {grid: [iou, giou]}", "search_space:\n  optim.lr: {loguniform: [0, 1]}"),
      "needs low > 0"),
     (GOOD + "overrides: {train.batch_size: 7, pipeline.stages: 2, pipeline.microbatches: 4}\n", "divisible"),
+    (GOOD + "num_samples: '2'\n", "'num_samples' must be int"),
+    (GOOD + "scheduler: {name: asha, grace_period: 1.5}\n", "'scheduler.grace_period' must be int"),
+    (GOOD + "overrides: [train.epochs=2]\n", "'overrides' must be a mapping"),
+    (GOOD + "source: elsewhere.yaml\n", "unknown key 'source'"),
+    ("- name: t\n", "a sweep file must be a YAML mapping"),
 ])
 def test_bad_sweep_files_are_refused_with_the_key_and_the_file(tmp_path, text, message):
     path = write(tmp_path, text)
