@@ -17,6 +17,7 @@ from pgnet.checkpoint import save_atomic
 from pgnet.config import ModelConfig
 from pgnet.models import OUTPUT_NAMES, build_model, output_names
 from pgnet.models.cbn import CrossIterationBatchNorm2d
+from pgnet.models.heads import DETECTION_OUTPUTS
 from pgnet.models.heads import GuidanceHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,7 +148,8 @@ def test_every_cut_of_the_units_equals_the_network(backbone, guidance):
     x = images()
     units = model.units()
     blocks = sum(len(getattr(model.backbone, f"layer{i}")) for i in range(1, 5))
-    assert len(units) == 1 + blocks + 3 + int(guidance)  # stem, blocks, CFFM, (guidance), decoder, heads
+    # stem, blocks, CFFM, (guidance), decoder, one unit per detection head
+    assert len(units) == 1 + blocks + 2 + int(guidance) + len(DETECTION_OUTPUTS)
     with torch.no_grad():
         expected = reference_forward(model, x)
         assert_close(model(x), expected, rtol=0, atol=0)

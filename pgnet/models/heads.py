@@ -20,6 +20,7 @@ NUM_KEYPOINTS = 17
 DETECTION_OUTPUTS = {"hm": 1, "wh": 2, "reg": 2, "kps": 2 * NUM_KEYPOINTS,
                      "hm_hp": NUM_KEYPOINTS, "hp_offset": 2}
 GUIDANCE_OUTPUTS = {"guide_hm": 1, "guide_wh": 2, "guide_reg": 2}
+SIZE_OUTPUTS = ("wh",)  # raw values pass through `box_size`
 HEATMAP_PRIOR = 0.1  # initial foreground probability of heatmap logits (CenterNet)
 INITIAL_BOX_SIZE = 8.0  # output pixels; a sensible first guess for box width/height
 
@@ -57,9 +58,13 @@ class DetectionHeads(nn.Module):
                                     for name, out in DETECTION_OUTPUTS.items()})
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {name: head(features) for name, head in self.heads.items()}
-        out["wh"] = box_size(out["wh"])
-        return out
+        return {name: head_output(name, head, features) for name, head in self.heads.items()}
+
+
+def head_output(name: str, head: Head, features: torch.Tensor) -> torch.Tensor:
+    """The output `name` of its head `head`: box sizes made positive, the other maps as they come."""
+    raw = head(features)
+    return box_size(raw) if name in SIZE_OUTPUTS else raw
 
 
 class GuidanceHead(nn.Module):

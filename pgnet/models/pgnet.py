@@ -11,7 +11,7 @@ from torch import nn
 
 from pgnet.models.backbone import ResNetBackbone
 from pgnet.models.cffm import CFFM, Decoder
-from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS, DetectionHeads, GuidanceHead
+from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS, DetectionHeads, GuidanceHead, head_output
 
 Bus = tuple[torch.Tensor, ...]
 
@@ -71,18 +71,27 @@ class DecoderUnit(Unit):
         return (self.module(p3), *guidance)
 
 
-class HeadsUnit(Unit):
-    """Decoder features (+ guidance maps) -> every output, in `output_names` order."""
+class HeadUnit(Unit):
+    """One detection head, so that pipeline cuts can fall between heads (together they cost as much
+    as a large part of the backbone). The bus is (features, *guidance maps, *earlier heads' outputs);
+    the last head drops the features and returns every output, in `output_names` order."""
 
-    def __init__(self, name: str, module: nn.Module, output_names: tuple[str, ...]):
+    def __init__(self, name: str, module: nn.Module, output: str, guidance_maps: int,
+                 output_names: tuple[str, ...] | None):
         super().__init__(name, module)
-        self.output_names = output_names
+        self.output = output
+        self.guidance_maps = guidance_maps
+        self.output_names = output_names  # set on the last head only
 
-    def forward(self, features: torch.Tensor, *guidance: torch.Tensor) -> Bus:
-        out = self.module(features)
+    def forward(self, features: torch.Tensor, *rest: torch.Tensor) -> Bus:
+        guidance, earlier = rest[:self.guidance_maps], rest[self.guidance_maps:]
+        out = head_output(self.output, self.module, features)
+        if self.output_names is None:
+            return (features, *guidance, *earlier, out)
+        outputs = dict(zip(DETECTION_OUTPUTS, (*earlier, out)))
         if guidance:
-            out.update(GuidanceHead.to_output_stride(guidance, features.shape[-2:]))
-        return tuple(out[name] for name in self.output_names)
+            outputs.update(GuidanceHead.to_output_stride(guidance, features.shape[-2:]))
+        return tuple(outputs[name] for name in self.output_names)
 
 
 class PGNet(nn.Module):
@@ -112,7 +121,11 @@ class PGNet(nn.Module):
         if self.guidance is not None:
             units.append(GuidanceUnit("guidance", self.guidance))
         units.append(DecoderUnit("decoder", self.decoder))
-        units.append(HeadsUnit("heads", self.heads, self.output_names))
+        guidance_maps = len(GUIDANCE_OUTPUTS) if self.guidance is not None else 0
+        last = list(DETECTION_OUTPUTS)[-1]
+        for name in DETECTION_OUTPUTS:
+            units.append(HeadUnit(f"heads.heads.{name}", self.heads.heads[name], name, guidance_maps,
+                                  self.output_names if name == last else None))
         return units
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

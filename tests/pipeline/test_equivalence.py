@@ -12,6 +12,7 @@ import torch
 
 from pgnet.checkpoint import load_checkpoint
 from pgnet.metrics_log import read_jsonl
+from pgnet.train import seeded_model
 from pipelines.pipeline_train import latest_checkpoint, train_on_ray
 from pipelines.shards import read_checkpoint
 from tests.pipeline.conftest import tiny_config
@@ -66,3 +67,15 @@ def test_data_parallel_matches_single_process_on_the_union_batch(dp_run, referen
     assert_same_records(read_jsonl(run_dir / "metrics.jsonl"), reference)
     want = load_checkpoint(reference_dir / "checkpoint_last.pt")["model"]
     assert_same_parameters(model_state_of(run_dir), want)
+
+
+def test_a_cut_between_the_heads_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path):
+    """Across this cut the bus carries the decoder features, the guidance maps and the first heads' outputs."""
+    reference, reference_dir = reference_run()
+    units = len(seeded_model(tiny_config(synthetic_dir)).units())
+    cfg = tiny_config(synthetic_dir, "pipeline.stages=2", "pipeline.schedule=1f1b",
+                      f"pipeline.balance=[{units - 3}, 3]")  # the last three heads on stage 2
+    assert train_on_ray(cfg, tmp_path)["step"] == 3
+    assert_same_records(read_jsonl(tmp_path / "metrics.jsonl"), reference)
+    want = load_checkpoint(reference_dir / "checkpoint_last.pt")["model"]
+    assert_same_parameters(model_state_of(tmp_path), want)
