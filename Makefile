@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/pgnet demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 clean:
 	rm -rf runs mlruns mlflow.db .cache .pytest_cache

@@ -95,7 +95,9 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
                            "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        # Batch flags, targets, feed metrics and the evaluation gather travel as CPU tensors, which NCCL
+        # cannot carry: on GPUs, gloo takes the CPU tensors and NCCL the CUDA ones (untested here: no GPU).
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if cfg.ray.use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or []),
