@@ -1,12 +1,14 @@
 """`pgnet bench pipeline`: pipeline-parallel throughput against one worker, measured in one run.
 
 For S = 1 and S = 2, every schedule and M in {2, 4, 8}: images/s at steady
-state, the speed-up over S = 1 with the same micro-batches, the ideal
+state, the speed-up over S = 1 with the same micro-batches (the median of the
+S = 1 runs of every schedule, robust to one disturbed run), the ideal
 S * M / (M + S - 1) (perfect split, only the pipeline bubble lost), the ratio
 measured/ideal, the data-wait fraction and each stage's peak saved activations.
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,20 +57,15 @@ def run_pipeline_benchmark(input_size: int = 128, batch: int = 32, steps: int = 
                            microbatches: tuple[int, ...] = (2, 4, 8), print_fn=print) -> list[dict]:
     overrides = bench_overrides(input_size, batch, steps)
     ensure_ray(load_config(None, [*overrides, "pipeline.stages=2"]))
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = {m: measure(1, "gpipe", m, overrides, Path(tmp)) for m in microbatches}
-        for schedule in schedules:
-            for m in microbatches:
-                for stages in (1, 2):
-                    t = baseline[m] if (stages, schedule) == (1, "gpipe") else measure(stages, schedule, m, overrides, Path(tmp))
-                    speedup = t.images_per_s / baseline[m].images_per_s
-                    ideal = stages * m / (m + stages - 1)
-                    rows.append({"stages": stages, "schedule": schedule, "microbatches": m,
-                                 "images_per_s": t.images_per_s, "speedup": speedup, "ideal": ideal,
-                                 "of_ideal": speedup / ideal, "wait": t.wait_fraction, "peak_mb": t.peak_mb})
+        timings = [measure(stages, schedule, m, overrides, Path(tmp))
+                   for schedule in schedules for m in microbatches for stages in (1, 2)]
+    rows, baselines = speedup_rows(timings)
     print_fn(f"PGNet resnet18, input {input_size}x{input_size}, batch {batch}, one thread per worker, "
              f"{steps - WARMUP_STEPS} timed steps after {WARMUP_STEPS} warm-up steps")
+    print_fn("S=1 baseline per M: the median of the S=1 runs of every schedule (one worker computes the same "
+             "whatever the schedule); " + "; ".join(f"M={m}: {b['median']:.2f} images/s (runs {b['low']:.2f}-"
+                                                  f"{b['high']:.2f})" for m, b in baselines.items()))
     print_fn(f"{'S':>2} {'schedule':<17} {'M':>2} {'images/s':>9} {'vs S=1':>7} {'ideal':>6} {'of ideal':>8} "
              f"{'data wait':>9}  peak activations per stage (MB)")
     for r in rows:
@@ -77,6 +74,26 @@ def run_pipeline_benchmark(input_size: int = 128, batch: int = 32, steps: int = 
                  f"{r['speedup']:>6.2f}x {r['ideal']:>5.2f}x {r['of_ideal']:>8.2f} {r['wait']:>9.1%}  {peaks}")
     _print_verdicts(rows, print_fn)
     return rows
+
+
+def speedup_rows(timings: list[PipelineTiming]) -> tuple[list[dict], dict[int, dict[str, float]]]:
+    """Each run against one worker with the same micro-batches. The baseline per M is the median of the
+    S=1 runs of all schedules, so that one disturbed run does not skew every ratio of its M."""
+    single: dict[int, list[float]] = {}
+    for t in timings:
+        if t.stages == 1:
+            single.setdefault(t.microbatches, []).append(t.images_per_s)
+    baselines = {m: {"median": statistics.median(v), "low": min(v), "high": max(v)} for m, v in single.items()}
+    rows = []
+    for t in timings:
+        if t.microbatches not in baselines:
+            raise ValueError(f"no S=1 run with {t.microbatches} micro-batches to compare with")
+        speedup = t.images_per_s / baselines[t.microbatches]["median"]
+        ideal = t.stages * t.microbatches / (t.microbatches + t.stages - 1)
+        rows.append({"stages": t.stages, "schedule": t.schedule, "microbatches": t.microbatches,
+                     "images_per_s": t.images_per_s, "speedup": speedup, "ideal": ideal,
+                     "of_ideal": speedup / ideal, "wait": t.wait_fraction, "peak_mb": t.peak_mb})
+    return rows, baselines
 
 
 def _print_verdicts(rows: list[dict], print_fn) -> None:
