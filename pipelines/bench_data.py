@@ -10,9 +10,10 @@ comes first and is not timed: Ray's start-up and its workers' first imports, and
 first reads of the image files. Timed epochs alternate between the two paths (a machine
 shared with other jobs slows both alike) and the best epoch of each is reported.
 
-Ray Data gets N CPUs: a local Ray started with `num_cpus=N` (or, when Ray is already
-running or RAY_ADDRESS names a cluster, `DataContext.execution_options.resource_limits.cpu = N`) and one CPU per map
-task (`ray.data_cpus = 1`), so at most N preprocessing tasks run at once, like N DataLoader workers.
+Ray Data gets N CPUs: a local Ray started with `num_cpus=N` (or, when Ray is already running
+or RAY_ADDRESS names a cluster, `DataContext.execution_options.resource_limits.cpu = N`) and
+one CPU per map task (`ray.data_cpus = 1`), so at most N preprocessing tasks run at once, like
+N DataLoader workers.
 """
 from __future__ import annotations
 

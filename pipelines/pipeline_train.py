@@ -20,9 +20,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pgnet.config import Config, save_config
 from pgnet.data.dataset import coco_paths
+from pgnet.data.order import steps_per_epoch
 from pgnet.data.records import load_coco_records
 from pgnet.data.source import resolve_data_root
-from pgnet.data.order import steps_per_epoch
 from pgnet.train import check_new_run_dir, seeded_model, total_steps
 from pipelines.balance import costs_to_json, measure_unit_costs, partition, stage_table
 from pipelines.ray_runtime import ensure_ray

@@ -18,13 +18,15 @@ log = logging.getLogger("pgnet.ray")
 
 DATA_CPUS = 2  # logical CPU slots kept free for Ray Data tasks
 DRIVER_CPU = 0.1  # what a Tune trial asks for: it only waits on its Train run
-# Worker processes start slowly on a busy small machine (import torch + ray, at most one start per
-# core at a time); Ray Train's default 60 s start-up limit then retries for ever. Wait longer instead.
-# Ray Train V2 also logs every `print` of a worker, even one sent to a redirected stdout: pycocotools'
-# tables would fill the driver's output at every evaluation. Our code logs; prints stay plain prints.
-RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
-                            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
-                            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+RUNTIME_ENV = {"env_vars": {
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+    # Worker processes start slowly on a busy small machine (import torch + ray, at most one start per
+    # core at a time); Ray Train's default 60 s start-up limit then retries for ever. Wait longer instead.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    # Ray Train V2 logs every `print` of a worker, even one sent to a redirected stdout: pycocotools'
+    # tables would fill the driver's output at every evaluation. Our code logs; prints stay plain prints.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}}
 # A local Ray has no node to be preempted: no preemption-watcher actor (one process less per run),
 # and the controller polls its workers every 0.5 s instead of 2 s (a short run ends sooner).
 LOCAL_RUNTIME_ENV = {"env_vars": {**RUNTIME_ENV["env_vars"], "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

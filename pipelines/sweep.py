@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import ray
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune

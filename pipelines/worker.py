@@ -33,6 +33,8 @@ from pipelines.topology import Topology, make_groups
 
 log = logging.getLogger("pgnet.worker")
 
+UNCUT = {"epoch_batches_done": 0, "epoch_rows_done": []}  # the run state's mark of a complete epoch
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker; `config` comes from `pipelines.pipeline_train`."""
@@ -147,9 +149,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
     if trace is not None:
         trace.close()
-
-
-UNCUT = {"epoch_batches_done": 0, "epoch_rows_done": []}  # the run state's mark of a complete epoch
 
 
 def _announce(run_dir: Path, topo: Topology, device: torch.device) -> None:

@@ -7,6 +7,9 @@ import pytest
 import ray
 
 from pgnet.config import Config, load_config
+from pgnet.data.dataset import coco_paths
+from pgnet.data.records import ImageRecord, load_coco_records
+from pgnet.data.source import resolve_data_root
 from pgnet.metrics_log import read_jsonl
 from pgnet.train import train
 from pipelines.ray_runtime import start_local_ray
@@ -32,6 +35,12 @@ def local_ray():
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("synthetic")
+
+
+def train_records(cfg: Config) -> list[ImageRecord]:
+    """The training split's records, in the order the epoch plans (`epoch_batches`) index them."""
+    root = resolve_data_root(cfg.data, progress=False)
+    return load_coco_records(*coco_paths(root, cfg.data.train_split))[0]
 
 
 def tiny_config(synthetic_dir: Path, *overrides: str) -> Config:

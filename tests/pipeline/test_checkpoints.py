@@ -16,13 +16,10 @@ import time
 
 import pytest
 
-from pgnet.data.dataset import coco_paths
 from pgnet.data.order import epoch_batches
-from pgnet.data.records import load_coco_records
-from pgnet.data.source import resolve_data_root
 from pgnet.metrics_log import read_jsonl
 from pipelines.pipeline_train import train_on_ray
-from tests.pipeline.conftest import tiny_config
+from tests.pipeline.conftest import tiny_config, train_records
 
 pytestmark = pytest.mark.ray
 
@@ -44,14 +41,14 @@ def test_resume_mid_epoch_with_a_different_stage_count(local_ray, synthetic_dir,
     summary = train_on_ray(extended, tmp_path, resume=True, trace_samples=True)
     assert (summary["step"], summary["epoch"]) == (6, 2)
 
-    records = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [(r["step"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
-    train_records, _ = load_coco_records(*coco_paths(resolve_data_root(cut.data, progress=False), "train2017"))
-    plan = [[train_records[i].image_id for i in batch] for epoch in (1, 2)
-            for batch in epoch_batches(len(train_records), 8, 0, epoch)]
+    logged = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["epoch"]) for r in logged] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+    records = train_records(cut)
+    plan = [[records[i].image_id for i in batch] for epoch in (1, 2)
+            for batch in epoch_batches(len(records), cut.train.batch_size, cut.train.seed, epoch)]
     seen = {e["step"]: e["ids"] for e in read_jsonl(tmp_path / "sample_trace" / "rank0.jsonl")}
     assert [seen[step] for step in range(1, 7)] == plan
-    got, want = losses(records), losses(reference)
+    got, want = losses(logged), losses(reference)
     assert [got[s] for s in (1, 2, 3)] == pytest.approx([want[s] for s in (1, 2, 3)], rel=1e-4)
     assert [got[s] for s in (4, 5, 6)] == pytest.approx([want[s] for s in (4, 5, 6)], rel=5e-3)
 

@@ -16,13 +16,12 @@ import torch
 
 from pgnet.data.dataset import coco_paths
 from pgnet.data.order import epoch_batches
-from pgnet.data.records import load_coco_records
 from pgnet.data.sample import make_sample
 from pgnet.data.source import resolve_data_root
 from pgnet.metrics_log import read_jsonl
 from pipelines.pipeline_step import TargetPacker
 from pipelines.pipeline_train import train_on_ray
-from tests.pipeline.conftest import tiny_config
+from tests.pipeline.conftest import tiny_config, train_records
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +38,7 @@ def read_trace(run_dir: Path) -> dict[tuple[int, int, int], dict]:
 def test_targets_reaching_the_last_stage_belong_to_the_images_entering_the_first(dp_run):
     cfg, run_dir, _ = dp_run
     trace = read_trace(run_dir)
-    records, _ = load_coco_records(*coco_paths(resolve_data_root(cfg.data, progress=False), cfg.data.train_split))
+    records = train_records(cfg)
     by_id = {r.image_id: r for r in records}
     packer = TargetPacker(cfg)
     batches = epoch_batches(len(records), cfg.train.batch_size, cfg.train.seed, epoch=1)
