@@ -75,6 +75,13 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes (single-process trainer)
     max_bad_fraction: float = 0.05  # bad images tolerated (counted, logged) before failing
 
+    def pin_paths(self) -> None:
+        """Make `root` and `synthetic_dir` absolute, for processes that run in another working
+        directory (Ray Train workers, Tune trials)."""
+        self.synthetic_dir = str(Path(self.synthetic_dir).absolute())
+        if self.root:
+            self.root = str(Path(self.root).absolute())
+
 
 @dataclass
 class LossConfig:

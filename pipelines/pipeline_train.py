@@ -6,6 +6,7 @@ continues from the run's newest complete checkpoint, with any stage count.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -69,6 +70,8 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
                  mlflow=None, trace_samples: bool = False,
                  measure_memory: bool = False, concurrent_runs: int = 1) -> dict[str, Any]:
     """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.pin_paths()  # the workers run in Ray's session folder
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     found = latest_checkpoint(run_dir) if resume else None
@@ -109,6 +112,8 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
         result = trainer.fit()
     except TrainingFailedError as err:
         raise RuntimeError(f"pipeline training failed: {worker_error(err)}") from err
+    if result.checkpoint is not None:
+        log.info("last checkpoint (one shard per stage): %s", result.checkpoint.path)
     return dict(result.metrics or {})
 
 

@@ -195,7 +195,7 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
 def pin_paths(sweep: SweepConfig, base: Config) -> None:
     """Make the data paths absolute, in the sweep and in its `base` config: trials run with their trial
     folder as working directory."""
-    data = base.data
-    data.synthetic_dir = sweep.overrides["data.synthetic_dir"] = str(Path(data.synthetic_dir).absolute())
-    if data.root:
-        data.root = sweep.overrides["data.root"] = str(Path(data.root).absolute())
+    base.data.pin_paths()
+    sweep.overrides["data.synthetic_dir"] = base.data.synthetic_dir
+    if base.data.root:
+        sweep.overrides["data.root"] = base.data.root

@@ -7,6 +7,7 @@ saves its shard and all workers report together.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 import time
@@ -33,12 +34,15 @@ from pipelines.topology import Topology, make_groups
 
 log = logging.getLogger("pgnet.worker")
 
+# Ray Train modules whose INFO lines repeat every report (see `_quiet_ray_train_reports`)
+RAY_REPORT_LOGGERS = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
 UNCUT = {"epoch_batches_done": 0, "epoch_rows_done": []}  # the run state's mark of a complete epoch
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker; `config` comes from `pipelines.pipeline_train`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_ray_train_reports()
     cfg = config_from_dict(config["config"], "pipeline config")
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
@@ -149,6 +153,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
     if trace is not None:
         trace.close()
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report of every worker twice at INFO: "Reporting training result" with the
+    whole metrics dict, and "Checkpoint successfully created", which reached the driver late, after its
+    summary. Our epoch lines say the same once; the driver names the last checkpoint."""
+    for module in RAY_REPORT_LOGGERS:
+        spec = importlib.util.find_spec(module)
+        if spec is not None:
+            # context.py names its logger by its file path, storage.py by its module name
+            for name in (module, spec.origin):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _announce(run_dir: Path, topo: Topology, device: torch.device) -> None:

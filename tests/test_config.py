@@ -270,3 +270,13 @@ def test_every_field_has_a_flat_name():
     sections = [f.name for f in dataclasses.fields(Config)]
     assert {key.split(".")[0] for key in flat} == set(sections)
     assert flat["model.backbone"] == "resnet18" and flat["data.synthetic.seed"] == 0
+
+
+def test_pinned_data_paths_are_absolute_and_name_the_same_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.root=coco", "data.synthetic_dir=cache/synthetic"])
+    cfg.data.pin_paths()
+    assert (cfg.data.root, cfg.data.synthetic_dir) == (str(tmp_path / "coco"), str(tmp_path / "cache" / "synthetic"))
+    unset = load_config(None, [])
+    unset.data.pin_paths()
+    assert unset.data.root is None and Path(unset.data.synthetic_dir).is_absolute()

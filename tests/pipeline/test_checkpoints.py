@@ -13,9 +13,12 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import ray
 
+from pgnet.config import load_config
 from pgnet.data.order import epoch_batches
 from pgnet.metrics_log import read_jsonl
 from pipelines.pipeline_train import train_on_ray
@@ -57,6 +60,17 @@ def test_starting_over_an_existing_run_needs_resume(local_ray, synthetic_dir, tm
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(FileExistsError, match="--resume"):
         train_on_ray(tiny_config(synthetic_dir, "pipeline.stages=2"), tmp_path)
+
+
+def test_workers_read_the_drivers_data_through_a_relative_path(local_ray, synthetic_dir, tmp_path, monkeypatch):
+    """Workers run in Ray's session folder: a relative `data.synthetic_dir` must not make them build
+    a data set of their own there."""
+    monkeypatch.chdir(synthetic_dir.parent)
+    cfg = tiny_config(Path(synthetic_dir.name), "pipeline.stages=2", "pipeline.microbatches=2", "train.max_steps=1")
+    assert train_on_ray(cfg, tmp_path)["step"] == 1
+    assert load_config(tmp_path / "config.yaml").data.synthetic_dir == str(synthetic_dir)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert not list(session.rglob(synthetic_dir.name)), "a worker wrote its own synthetic data set"
 
 
 def test_a_killed_stage_worker_is_replaced_and_the_run_resumes(local_ray, synthetic_dir, tmp_path):
