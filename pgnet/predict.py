@@ -40,15 +40,27 @@ def image_record(path: Path, image_id: int) -> ImageRecord:
                        num_keypoints=np.zeros(0, np.int32), crowd_boxes=empty)
 
 
+def image_ids(paths: list[Path]) -> list[int]:
+    """COCO's convention: an image named by its zero-padded id (`000000000785.jpg`) keeps that id, so
+    `pgnet eval --annotations` can score the results. When a name is not a number, or two names are
+    the same number, the images are numbered 1..N in the order given."""
+    stems = [p.stem for p in paths]
+    if all(s.isascii() and s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(paths) + 1))
+
+
 def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                   eval_cfg: EvalConfig | None = None, draw_threshold: float = 0.3) -> Path:
-    """Writes `out_dir/<name>.jpg` with people drawn and `out_dir/results.json`; returns the JSON path."""
+    """Writes `out_dir/<name>.jpg` with people drawn and `out_dir/results.json` (image ids: `image_ids`,
+    each result also names its `file_name`); returns the JSON path."""
     model, cfg = load_for_inference(checkpoint)
     eval_cfg = eval_cfg or cfg.eval
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
-    for image_id, path in enumerate(map(Path, images), start=1):
+    paths = [Path(p) for p in images]
+    for image_id, path in zip(image_ids(paths), paths):
         try:
             record = image_record(path, image_id)
             sample = make_sample(record, input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people,

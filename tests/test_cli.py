@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 
 from pgnet.evaluation import evaluate, load_results, metric_names
 from pgnet.metrics_log import read_jsonl
+from pgnet.predict import image_ids
 from pipelines.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,11 +140,33 @@ def test_predict_draws_images_and_writes_coco_results(capsys, tmp_path, cli_run,
         drawn = out / f"{image.stem}_pgnet.jpg"
         with Image.open(drawn) as d, Image.open(image) as original:
             assert d.size == original.size
-    results = load_results(out / "results.json", image_ids=[1, 2])
+    results = load_results(out / "results.json", image_ids=[int(image.stem) for image in images])
     raw = json.loads((out / "results.json").read_text())
     assert len(results) == len(raw)
     assert {r["file_name"] for r in raw} <= {p.name for p in images}
     assert all(len(r["keypoints"]) == 51 and len(r["bbox"]) == 4 for r in results)
+
+
+def test_predictions_on_coco_files_are_scored_against_their_annotations(capsys, tmp_path, cli_run, coco_sample):
+    images = sorted((coco_sample / "val2017").glob("*.jpg"))
+    out = tmp_path / "predictions"
+    assert run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_best.pt", *images, "--out", out)[0] == 0
+    gt = coco_sample / "annotations" / "person_keypoints_val2017.json"
+    code, stdout, _ = run_cli(capsys, "eval", "--annotations", gt, "--predictions", out / "results.json",
+                              "--out", tmp_path / "metrics.json")
+    assert code == 0 and "keypoints/AP" in stdout
+    assert {r["image_id"] for r in json.loads((out / "results.json").read_text())} \
+        <= {image["id"] for image in json.loads(gt.read_text())["images"]}
+
+
+@pytest.mark.parametrize("names, ids", [
+    (["000000000785.jpg", "a/000000040083.png"], [785, 40083]),  # COCO file names: their ids
+    (["000000000785.jpg", "photo.jpg"], [1, 2]),  # a name that is not a number: 1..N
+    (["a/0007.jpg", "b/7.jpg"], [1, 2]),  # the same number twice: 1..N
+    (["٣.jpg"], [1]),  # digits of another script are not COCO ids
+])
+def test_predict_image_ids(names, ids):
+    assert image_ids([Path(n) for n in names]) == ids
 
 
 def test_predict_skips_an_unreadable_image(capsys, tmp_path, cli_run, tiny_data, caplog):
