@@ -236,6 +236,10 @@ def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -
     if saved.model != cfg.model:
         raise ValueError(f"{path} was trained with a different model config ({saved.model}); "
                          "resume with the run's own config.yaml")
+    if "optimizer" not in ckpt:
+        raise ValueError(f"{path} holds the weights of a finished pipeline run, not a resumable state; "
+                         "resume it with its pipeline.stages >= 1 (any S): it continues from the stage "
+                         f"checkpoints under {path.parent / 'ray'}")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -25,7 +25,8 @@ from pgnet.checkpoint import save_atomic
 from pgnet.config import Config, config_from_dict
 from pgnet.engine import evaluate_model
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
-from pgnet.train import BEST_CHECKPOINT, BEST_METRIC, BEST_PREDICTIONS, BadSampleBudget, seeded_model, training_datasets
+from pgnet.train import (BEST_CHECKPOINT, BEST_METRIC, BEST_PREDICTIONS, LAST_CHECKPOINT, BadSampleBudget, seeded_model,
+                         training_datasets)
 from pipelines.data_feed import FeedStats, epoch_dataset, full_batches, replica_rows
 from pipelines.memory import SavedActivationMeter
 from pipelines.pipeline_step import PipelineRunner
@@ -138,7 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   **_feed_metrics(stats, totals, step_seconds, meter, topo)}
         if finished or epoch % cfg.train.eval_every == 0:
             metrics = _evaluate_on_rank0(runner, topo, cfg, model if topo.rank == 0 else None,
-                                         val_set if topo.rank == 0 else None, device, state, run_dir)
+                                         val_set if topo.rank == 0 else None, device, state, run_dir,
+                                         write_last=finished)
             if topo.rank == 0:
                 report.update(metrics)
                 eval_record = {"step": state["step"], "epoch": epoch, **metrics}
@@ -238,8 +240,10 @@ def _exchange_batch(batch: dict[str, np.ndarray] | None, topo: Topology, runner:
 
 
 def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, model, val_set, device,
-                       state: dict, run_dir: Path) -> dict[str, float]:
-    """Gather replica 0's stage shards to rank 0, which evaluates the whole model on the validation split."""
+                       state: dict, run_dir: Path, write_last: bool) -> dict[str, float]:
+    """Gather replica 0's stage shards to rank 0, which evaluates the whole model on the validation split,
+    and keeps it as `checkpoint_best.pt` when it is the best so far and as `checkpoint_last.pt` with
+    `write_last` (the run's end): weights for `pgnet eval` and `pgnet predict`; resuming uses the shards."""
     shard = {k: v.cpu() for k, v in runner.shard()["model"].items()} if topo.replica == 0 else None
     gathered = [None] * dist.get_world_size() if topo.rank == 0 else None
     dist.gather_object(shard, gathered, dst=0)
@@ -254,14 +258,20 @@ def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, mode
         if metrics.get(BEST_METRIC, float("-inf")) > state["best"]:
             state["best"] = metrics[BEST_METRIC]
             write_json_atomic(results, run_dir / BEST_PREDICTIONS)
-            save_atomic({"model": full, "config": cfg.to_dict(), "epoch": state["epoch"], "step": state["step"],
-                         "best": state["best"]}, run_dir / BEST_CHECKPOINT)
+            save_atomic(_weights(full, cfg, state), run_dir / BEST_CHECKPOINT)
+        if write_last:
+            save_atomic(_weights(full, cfg, state), run_dir / LAST_CHECKPOINT)
         log.info("epoch %d: keypoints/AP %.4f bbox/AP %.4f", state["epoch"], metrics.get("keypoints/AP", -1),
                  metrics.get("bbox/AP", -1))
     best = [state["best"]]
     dist.broadcast_object_list(best, src=0)
     state["best"] = best[0]
     return metrics
+
+
+def _weights(model_state: dict, cfg: Config, state: dict) -> dict:
+    return {"model": model_state, "config": cfg.to_dict(), "epoch": state["epoch"], "step": state["step"],
+            "best": state["best"]}
 
 
 def _feed_metrics(stats: FeedStats, totals: FeedStats, step_seconds: list[float], meter,

@@ -256,6 +256,16 @@ def test_resume_with_another_model_is_refused(trained, make_config, tmp_path):
               progress=False)
 
 
+def test_resuming_weights_only_points_to_the_pipeline_shards(trained, make_config, tmp_path):
+    """A finished pipeline run's checkpoint_last.pt holds weights only (its state is in stage shards)."""
+    source, _ = trained("train.epochs=1", "train.seed=1")
+    run_dir = Path(shutil.copytree(source, tmp_path / "run"))
+    weights = {k: v for k, v in load(run_dir / "checkpoint_last.pt").items() if k not in ("optimizer", "scheduler")}
+    torch.save(weights, run_dir / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match="finished pipeline run.*pipeline.stages >= 1"):
+        train(make_config("train.epochs=2", "train.seed=1"), run_dir, resume=True, progress=False)
+
+
 def test_max_steps_ends_the_run_mid_epoch(make_config, tmp_path):
     summary = train(make_config(*TWO_EPOCHS, "train.max_steps=6"), tmp_path / "run", progress=False)
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")

@@ -67,7 +67,11 @@ def test_data_parallel_matches_single_process_on_the_union_batch(dp_run, referen
     assert summary["step"] == 3
     assert_same_records(read_jsonl(run_dir / "metrics.jsonl"), reference)
     want = load_checkpoint(reference_dir / "checkpoint_last.pt")["model"]
-    assert_same_parameters(model_state_of(run_dir), want)
+    got = model_state_of(run_dir)
+    assert_same_parameters(got, want)
+    last = load_checkpoint(run_dir / "checkpoint_last.pt")  # the whole model, for eval and predict
+    assert last["step"] == 3 and set(last["model"]) == set(got)
+    assert all(torch.equal(last["model"][k], got[k]) for k in got)
 
 
 def test_a_cut_between_the_heads_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path):
