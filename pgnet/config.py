@@ -214,6 +214,10 @@ class Config:
                 raise ConfigError(
                     f"the batch per replica ({per_replica // p.data_parallel}) must be divisible by "
                     f"pipeline.microbatches={p.microbatches}")
+            if p.schedule == "1f1b" and p.microbatches < p.stages:
+                raise ConfigError(
+                    f"pipeline.schedule=1f1b needs pipeline.microbatches >= pipeline.stages, got "
+                    f"{p.microbatches} < {p.stages} (torch's Schedule1F1B); raise microbatches or use gpipe")
         return self
 
 

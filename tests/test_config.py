@@ -228,6 +228,7 @@ def test_input_size_must_be_positive_multiples_of_32(size):
     (["train.batch_size=0"], "train.batch_size"),
     (["pipeline.stages=2", "train.batch_size=6", "pipeline.microbatches=4"], "pipeline.microbatches"),
     (["pipeline.stages=2", "train.batch_size=6", "pipeline.data_parallel=4"], "pipeline.data_parallel"),
+    (["pipeline.stages=3", "pipeline.microbatches=2"], "1f1b needs pipeline.microbatches >= pipeline.stages"),
     (["data.synthetic.people=[1, 7]"], r"data.synthetic.people=\(1, 7\): need 1 <= min <= max <= 5"),
     (["data.synthetic.people=[3, 2]"], "data.synthetic.people"),
     (["data.synthetic.heights=[0.05, 0.9]"], "data.synthetic.heights"),
