@@ -78,6 +78,21 @@ def ensure_ray(cfg: Config, concurrent_runs: int = 1) -> None:
     cpus = local_cpus(cfg, concurrent_runs)
     log.info("starting a local Ray with %d logical CPUs", cpus)
     start_local_ray(cpus)
+    check_local_gpus(cfg, concurrent_runs)
+
+
+def check_local_gpus(cfg: Config, concurrent_runs: int) -> None:
+    """With `ray.use_gpu`, every worker asks one GPU. A local Ray with fewer would wait for them for ever
+    (a cluster may still add GPU nodes on demand, so only the local case is refused)."""
+    if not cfg.ray.use_gpu:
+        return
+    need = concurrent_runs * workers_per_run(cfg)
+    have = ray.cluster_resources().get("GPU", 0)
+    if need > have:
+        raise RuntimeError(
+            f"ray.use_gpu=true: {concurrent_runs} run(s) of {workers_per_run(cfg)} workers need {need} GPU(s), "
+            f"one per worker, but this machine's Ray has {have:g}; set ray.use_gpu=false to train on CPU "
+            "processes, or join a cluster with GPUs (ray.address)")
 
 
 def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
