@@ -61,6 +61,9 @@ def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints
     common = dict(input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed)
     train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
     val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
+    if len(val_set) == 0:  # found now, not after the first epoch's training
+        raise ValueError(f"the validation split {cfg.data.val_split!r} of {root} has no images, and every run "
+                         "evaluates on it; add images (data.synthetic.val_images for the synthetic set)")
     return train_set, val_set
 
 

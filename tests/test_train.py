@@ -266,6 +266,13 @@ def test_resuming_weights_only_points_to_the_pipeline_shards(trained, make_confi
         train(make_config("train.epochs=2", "train.seed=1"), run_dir, resume=True, progress=False)
 
 
+def test_an_empty_validation_split_is_refused_before_training(make_config, tmp_path):
+    with pytest.raises(ValueError, match="validation split 'val2017'.*no images.*data.synthetic.val_images"):
+        train(make_config("data.root=null", "data.synthetic.val_images=0", f"data.synthetic_dir={tmp_path / 'data'}"),
+              tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_max_steps_ends_the_run_mid_epoch(make_config, tmp_path):
     summary = train(make_config(*TWO_EPOCHS, "train.max_steps=6"), tmp_path / "run", progress=False)
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
