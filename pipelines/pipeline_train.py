@@ -24,7 +24,7 @@ from pgnet.data.dataset import coco_paths
 from pgnet.data.order import steps_per_epoch
 from pgnet.data.records import load_coco_records
 from pgnet.data.source import resolve_data_root
-from pgnet.train import check_new_run_dir, seeded_model, total_steps
+from pgnet.train import LAST_CHECKPOINT, check_new_run_dir, seeded_model, total_steps
 from pipelines.balance import costs_to_json, measure_unit_costs, partition, stage_table
 from pipelines.ray_runtime import ensure_ray
 from pipelines.schedules import virtual_stages
@@ -77,6 +77,11 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     found = latest_checkpoint(run_dir) if resume else None
     resume_from = str(found) if found else None
     if resume and resume_from is None:
+        single = run_dir / LAST_CHECKPOINT
+        if single.is_file() and "optimizer" in torch.load(single, map_location="cpu", weights_only=False):
+            raise FileExistsError(f"{run_dir} holds a single-process run ({LAST_CHECKPOINT}), not pipeline stage "
+                                  "checkpoints; resume it with pipeline.stages=0, or start the pipeline run in a "
+                                  "new --run-dir")
         log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
     if not resume:
         check_new_run_dir(run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -60,6 +61,15 @@ def test_starting_over_an_existing_run_needs_resume(local_ray, synthetic_dir, tm
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(FileExistsError, match="--resume"):
         train_on_ray(tiny_config(synthetic_dir, "pipeline.stages=2"), tmp_path)
+
+
+def test_resuming_a_single_process_run_on_the_pipeline_is_refused(synthetic_dir, reference_run, tmp_path):
+    _, source = reference_run()
+    run_dir = Path(shutil.copytree(source, tmp_path / "run"))
+    before = (run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="single-process run.*pipeline.stages=0"):
+        train_on_ray(tiny_config(synthetic_dir, "pipeline.stages=2"), run_dir, resume=True)
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_workers_read_the_drivers_data_through_a_relative_path(local_ray, synthetic_dir, tmp_path, monkeypatch):
