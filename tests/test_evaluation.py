@@ -222,6 +222,36 @@ def test_malformed_results_file_is_a_helpful_error(case, tmp_path):
         assert fragment in message, message
 
 
+def _broken_ground_truth(annotation: dict) -> str:
+    gt = json.loads(Path(GT_FILE).read_text())
+    gt["annotations"][0].update(annotation)
+    return json.dumps(gt)
+
+
+MALFORMED_GT = {
+    "not-json": ("this is not json {", ["not a JSON file"]),
+    "no-annotations": (json.dumps({"images": [], "categories": []}), ["no list of annotations"]),
+    "keypoints-wrong-length": (_broken_ground_truth({"keypoints": [1] * 50}), ["keypoints", "51 numbers, got 50"]),
+    "bbox-wrong-length": (_broken_ground_truth({"bbox": [1, 2, 3]}), ["bbox must have 4 numbers"]),
+    "no-area": (_broken_ground_truth({"area": None}), ["area is None, not a number"]),
+    "nan-keypoint": (_broken_ground_truth({"keypoints": [1] * 50 + [float("nan")]}), ["keypoints", "[50]", "finite"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_GT))
+def test_malformed_ground_truth_is_a_helpful_error(case, tmp_path):
+    """COCOeval would fail deep inside (an IndexError for 50 key-point numbers) or score garbage."""
+    text, fragments = MALFORMED_GT[case]
+    path = tmp_path / f"{case}.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        evaluate(path, [])
+    message = str(err.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
 def test_missing_files_are_a_helpful_error(tmp_path):
     with pytest.raises(ValueError, match="results file not found"):
         load_results(tmp_path / "nope.json")

@@ -68,7 +68,7 @@ def load_coco_records(ann_file: str | Path, image_dir: str | Path) -> tuple[list
     keypoints_outside_image, degenerate_boxes, other_categories.
     """
     ann_file = Path(ann_file)
-    data = _read_coco_json(ann_file)
+    data = read_coco_json(ann_file)
     person_ids = _person_category_ids(data, ann_file)
     coco = COCO()
     coco.dataset = data
@@ -91,7 +91,9 @@ def load_coco_records(ann_file: str | Path, image_dir: str | Path) -> tuple[list
     return records, dict(counts)
 
 
-def _read_coco_json(path: Path) -> dict:
+def read_coco_json(path: Path) -> dict:
+    """The annotation file's JSON, checked for COCO's structure (lists of images, annotations and
+    categories with the fields every reader needs); a clear error otherwise."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found; expected {COCO_LAYOUT}")
     try:

@@ -17,7 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pgnet.atomic import write_text_atomic
-from pgnet.evaluation.results import PERSON_CATEGORY_ID, load_results
+from pgnet.data.records import read_coco_json
+from pgnet.evaluation.results import PERSON_CATEGORY_ID, check_number, check_numbers, load_results
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,25 @@ def load_ground_truth(gt: str | Path | COCO, verbose: bool = False) -> COCO:
     path = Path(gt)
     if not path.is_file():
         raise ValueError(f"{path}: ground-truth annotation file not found; pass a COCO person_keypoints_*.json")
-    try:
-        with _quiet(verbose):
-            return COCO(str(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not a valid COCO annotation JSON ({err})") from err
+    data = read_coco_json(path)
+    _check_person_annotations(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+def _check_person_annotations(data: dict, path: Path) -> None:
+    """The fields COCOeval reads from a person annotation, well formed (else it fails deep inside)."""
+    for ann in data["annotations"]:
+        if ann["category_id"] != PERSON_CATEGORY_ID:
+            continue
+        where = f"{path}: annotation {ann['id']}"
+        check_numbers(ann["bbox"], 4, f"{where}: bbox")
+        check_number(ann.get("area"), f"{where}: area")
+        if "keypoints" in ann:
+            check_numbers(ann["keypoints"], 51, f"{where}: keypoints (17 COCO key points as x, y, v)")
 
 
 def evaluate(

@@ -111,12 +111,12 @@ def _clean_entry(entry: Any, index: int, source: str) -> dict:
     clean = {
         "image_id": _integer(entry["image_id"], f"{where}: image_id"),
         "category_id": _integer(entry["category_id"], f"{where}: category_id"),
-        "score": _number(entry["score"], f"{where}: score"),
+        "score": check_number(entry["score"], f"{where}: score"),
     }
     if "keypoints" in entry:
-        clean["keypoints"] = _numbers(entry["keypoints"], 3 * NUM_KEYPOINTS, f"{where}: keypoints")
+        clean["keypoints"] = check_numbers(entry["keypoints"], 3 * NUM_KEYPOINTS, f"{where}: keypoints")
     if "bbox" in entry:
-        bbox = _numbers(entry["bbox"], 4, f"{where}: bbox")
+        bbox = check_numbers(entry["bbox"], 4, f"{where}: bbox")
         if bbox[2] < 0 or bbox[3] < 0:
             raise ValueError(f"{where}: bbox {bbox} has a negative width or height; COCO boxes are x, y, w, h")
         clean["bbox"] = bbox
@@ -129,21 +129,21 @@ def _integer(value: Any, what: str) -> int:
     return int(value)
 
 
-def _numbers(values: Any, length: int, what: str) -> list[float]:
+def check_numbers(values: Any, length: int, what: str) -> list[float]:
     if isinstance(values, np.ndarray):
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
         raise ValueError(f"{what} must be a list of {length} numbers, got {type(values).__name__}")
     if len(values) != length:
         raise ValueError(f"{what} must have {length} numbers, got {len(values)}")
-    return [_number(v, f"{what}[{i}]") for i, v in enumerate(values)]
+    return [check_number(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
-def _number(value: Any, what: str) -> float:
+def check_number(value: Any, what: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{what} is {value!r}, not a number")
     if not math.isfinite(float(value)):
-        raise ValueError(f"{what} is {value}, not a finite number; fix the NaN/inf in the predictions")
+        raise ValueError(f"{what} is {value}, not a finite number")
     return float(value)
 
 
