@@ -209,17 +209,21 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_results_file_is_a_helpful_error(case, tmp_path):
-    text, fragments = MALFORMED[case]
+def assert_helpful_error(evaluate_file, case: str, text: str, fragments: list[str], tmp_path: Path) -> None:
+    """`evaluate_file(path)` on a file holding `text` fails naming the file and every fragment."""
     path = tmp_path / f"{case}.json"
     path.write_text(text)
     with pytest.raises(ValueError) as err:
-        evaluate(GT_FILE, path)
+        evaluate_file(path)
     message = str(err.value)
     assert str(path) in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_results_file_is_a_helpful_error(case, tmp_path):
+    assert_helpful_error(lambda path: evaluate(GT_FILE, path), case, *MALFORMED[case], tmp_path)
 
 
 def _broken_ground_truth(annotation: dict) -> str:
@@ -241,15 +245,7 @@ MALFORMED_GT = {
 @pytest.mark.parametrize("case", list(MALFORMED_GT))
 def test_malformed_ground_truth_is_a_helpful_error(case, tmp_path):
     """COCOeval would fail deep inside (an IndexError for 50 key-point numbers) or score garbage."""
-    text, fragments = MALFORMED_GT[case]
-    path = tmp_path / f"{case}.json"
-    path.write_text(text)
-    with pytest.raises(ValueError) as err:
-        evaluate(path, [])
-    message = str(err.value)
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
+    assert_helpful_error(lambda path: evaluate(path, []), case, *MALFORMED_GT[case], tmp_path)
 
 
 def test_missing_files_are_a_helpful_error(tmp_path):
