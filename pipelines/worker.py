@@ -121,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              steps_total, loss, lr, record["images_per_s"])
         if topo.first:
             budget.add(stats.seen, stats.bad)
+            budget.check()  # the end of a pass: judge the fraction even on a replica's share below min_seen
             totals.seen, totals.bad = totals.seen + stats.seen, totals.bad + stats.bad
         if done and not epoch_losses:  # the cut came at the epoch's last batch: it was complete after all
             state.update(epoch=epoch, **UNCUT)

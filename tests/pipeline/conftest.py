@@ -1,6 +1,7 @@
 """Fixtures of the Ray tests: one small local Ray per session, tiny configs, and a reference run."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,18 @@ def reference_run(tmp_path_factory, synthetic_dir):
 
 @pytest.fixture(scope="session")
 def dp_run(tmp_path_factory, synthetic_dir):
-    """One traced 2-stage x 2-replica run, shared by the equivalence and data-feed tests."""
+    """One traced 2-stage x 2-replica run, shared by the equivalence and data-feed tests. It names its
+    data by a path relative to the driver's working directory, which is not the workers' (or Ray's)."""
     import ray as _ray
     from pipelines.pipeline_train import train_on_ray
     if not _ray.is_initialized():
         start_local_ray(RAY_CPUS, log_to_driver=False)
     run_dir = tmp_path_factory.mktemp("dp_run")
-    cfg = tiny_config(synthetic_dir, "pipeline.stages=2", "pipeline.data_parallel=2", "pipeline.microbatches=2")
-    summary = train_on_ray(cfg, run_dir, trace_samples=True)
-    return cfg, run_dir, summary
+    layout = ("pipeline.stages=2", "pipeline.data_parallel=2", "pipeline.microbatches=2")
+    cwd = os.getcwd()
+    os.chdir(synthetic_dir.parent)
+    try:
+        summary = train_on_ray(tiny_config(Path(synthetic_dir.name), *layout), run_dir, trace_samples=True)
+    finally:
+        os.chdir(cwd)
+    return tiny_config(synthetic_dir, *layout), run_dir, summary

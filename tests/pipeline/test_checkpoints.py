@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
-from pgnet.config import load_config
 from pgnet.data.order import epoch_batches
 from pgnet.metrics_log import read_jsonl
 from pipelines.pipeline_train import train_on_ray
@@ -70,17 +68,6 @@ def test_resuming_a_single_process_run_on_the_pipeline_is_refused(synthetic_dir,
     with pytest.raises(FileExistsError, match="single-process run.*pipeline.stages=0"):
         train_on_ray(tiny_config(synthetic_dir, "pipeline.stages=2"), run_dir, resume=True)
     assert (run_dir / "metrics.jsonl").read_text() == before
-
-
-def test_workers_read_the_drivers_data_through_a_relative_path(local_ray, synthetic_dir, tmp_path, monkeypatch):
-    """Workers run in Ray's session folder: a relative `data.synthetic_dir` must not make them build
-    a data set of their own there."""
-    monkeypatch.chdir(synthetic_dir.parent)
-    cfg = tiny_config(Path(synthetic_dir.name), "pipeline.stages=2", "pipeline.microbatches=2", "train.max_steps=1")
-    assert train_on_ray(cfg, tmp_path)["step"] == 1
-    assert load_config(tmp_path / "config.yaml").data.synthetic_dir == str(synthetic_dir)
-    session = Path(ray._private.worker._global_node.get_session_dir_path())
-    assert not list(session.rglob(synthetic_dir.name)), "a worker wrote its own synthetic data set"
 
 
 def test_a_killed_stage_worker_is_replaced_and_the_run_resumes(local_ray, synthetic_dir, tmp_path):

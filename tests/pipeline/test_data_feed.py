@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 
+from pgnet.config import load_config
 from pgnet.data.dataset import coco_paths
 from pgnet.data.order import epoch_batches
 from pgnet.data.sample import make_sample
@@ -59,6 +61,16 @@ def test_targets_reaching_the_last_stage_belong_to_the_images_entering_the_first
         assert union == [records[i].image_id for i in batches[step - 1]]
 
 
+def test_workers_read_the_drivers_data_through_a_relative_path(dp_run, synthetic_dir):
+    """Workers run in Ray's session folder: the run pins the data paths, so no worker builds a data set
+    of its own there (and the first stage reads the images it was given)."""
+    _, run_dir, summary = dp_run
+    assert summary["step"] == 3
+    assert load_config(run_dir / "config.yaml").data.synthetic_dir == str(synthetic_dir)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert not list(session.rglob(synthetic_dir.name)), "a worker wrote its own synthetic data set"
+
+
 def test_report_counts_images_and_wait(dp_run):
     _, _, summary = dp_run
     assert summary["data/images"] == 24  # both replicas' shares of the one epoch
@@ -89,7 +101,9 @@ def test_a_corrupt_image_is_counted_and_skipped(local_ray, synthetic_dir, datase
 
 def test_too_many_corrupt_images_stop_the_run_with_a_clear_error(local_ray, synthetic_dir,
                                                                 dataset_with_a_corrupt_image, tmp_path):
+    """Two replicas: each reads 12 of the 24 images, fewer than the 20 a fraction is judged on mid-epoch,
+    so the epoch's end must judge it (without that, even 24 bad images of 24 ended a 0-step run "fine")."""
     cfg = tiny_config(synthetic_dir, f"data.root={dataset_with_a_corrupt_image}", "pipeline.stages=2",
-                      "data.max_bad_fraction=0.01")
-    with pytest.raises(RuntimeError, match="could not be read"):
+                      "pipeline.data_parallel=2", "pipeline.microbatches=2", "data.max_bad_fraction=0.01")
+    with pytest.raises(RuntimeError, match=r"1 of 12 images could not be read \(more than data.max_bad_fraction=0.01"):
         train_on_ray(cfg, tmp_path / "run")
