@@ -77,8 +77,7 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     found = latest_checkpoint(run_dir) if resume else None
     resume_from = str(found) if found else None
     if resume and resume_from is None:
-        single = run_dir / LAST_CHECKPOINT
-        if single.is_file() and "optimizer" in torch.load(single, map_location="cpu", weights_only=False):
+        if (run_dir / LAST_CHECKPOINT).is_file():  # a pipeline run writes it only after its stage checkpoints
             raise FileExistsError(f"{run_dir} holds a single-process run ({LAST_CHECKPOINT}), not pipeline stage "
                                   "checkpoints; resume it with pipeline.stages=0, or start the pipeline run in a "
                                   "new --run-dir")

@@ -260,7 +260,7 @@ def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, mode
             state["best"] = metrics[BEST_METRIC]
             write_json_atomic(results, run_dir / BEST_PREDICTIONS)
             save_atomic(_weights(full, cfg, state), run_dir / BEST_CHECKPOINT)
-        if write_last:
+        if write_last:  # after the best: `best` includes this evaluation
             save_atomic(_weights(full, cfg, state), run_dir / LAST_CHECKPOINT)
         log.info("epoch %d: keypoints/AP %.4f bbox/AP %.4f", state["epoch"], metrics.get("keypoints/AP", -1),
                  metrics.get("bbox/AP", -1))

@@ -66,9 +66,8 @@ def reference_run(tmp_path_factory, synthetic_dir):
 def dp_run(tmp_path_factory, synthetic_dir):
     """One traced 2-stage x 2-replica run, shared by the equivalence and data-feed tests. It names its
     data by a path relative to the driver's working directory, which is not the workers' (or Ray's)."""
-    import ray as _ray
     from pipelines.pipeline_train import train_on_ray
-    if not _ray.is_initialized():
+    if not ray.is_initialized():
         start_local_ray(RAY_CPUS, log_to_driver=False)
     run_dir = tmp_path_factory.mktemp("dp_run")
     layout = ("pipeline.stages=2", "pipeline.data_parallel=2", "pipeline.microbatches=2")
