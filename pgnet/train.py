@@ -84,6 +84,13 @@ def check_new_run_dir(run_dir: str | Path) -> None:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run-dir")
 
 
+def check_resumable(run_dir: str | Path) -> None:
+    """`--resume` needs the run's last checkpoint; said before any data is read or generated."""
+    if not (Path(run_dir) / LAST_CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir} has no {LAST_CHECKPOINT} to continue from; "
+                                "drop --resume to start a new run there")
+
+
 def total_steps(cfg: Config, num_images: int) -> int:
     per_epoch = steps_per_epoch(num_images, cfg.train.batch_size)
     if per_epoch == 0:
@@ -143,6 +150,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    if resume:
+        check_resumable(run_dir)
+    else:
+        check_new_run_dir(run_dir)
     train_set, val_set = training_datasets(cfg, progress)
     steps = total_steps(cfg, len(train_set))
 
@@ -154,15 +165,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
 
     state = RunState(total_steps=steps)
     if resume:
-        if not (run_dir / LAST_CHECKPOINT).is_file():
-            raise FileNotFoundError(f"--resume: {run_dir} has no {LAST_CHECKPOINT} to continue from; "
-                                    "drop --resume to start a new run there")
         state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler, steps)
         metrics_log.truncate_after(state.step)
         eval_log.truncate_after(state.step)
         log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
-    else:
-        check_new_run_dir(run_dir)
     save_config(cfg, run_dir / "config.yaml")
 
     budget = BadSampleBudget(cfg.data.max_bad_fraction)

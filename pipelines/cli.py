@@ -34,11 +34,17 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.tracking import tracking_hooks
-    from pgnet.train import check_new_run_dir
+    from pgnet.train import check_new_run_dir, check_resumable
     cfg = load_config(args.config, args.set)
+    # Before an MLflow run is opened for it, and before any data is read or generated:
     if not args.resume:
-        check_new_run_dir(args.run_dir)  # before an MLflow run is opened for it
-    with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow) as hooks:
+        check_new_run_dir(args.run_dir)
+    elif cfg.pipeline.stages >= 1:
+        from pipelines.pipeline_train import resume_point
+        resume_point(Path(args.run_dir).absolute(), required=True)
+    else:
+        check_resumable(args.run_dir)
+    with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow, resume=args.resume) as hooks:
         if cfg.pipeline.stages >= 1:
             from pipelines.pipeline_train import train_on_ray
             summary = train_on_ray(cfg, args.run_dir, resume=args.resume, mlflow=hooks[0] if hooks else None)

@@ -66,6 +66,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_point(run_dir: Path, required: bool) -> Path | None:
+    """The stage checkpoint folder a resumed run continues from. None: there is none yet, and the run starts
+    from scratch (a sweep's trial restored before its first checkpoint); `required` (the CLI's --resume)
+    refuses instead."""
+    found = latest_checkpoint(run_dir)
+    if found is not None:
+        return found
+    if (run_dir / LAST_CHECKPOINT).is_file():  # a pipeline run writes it only after its stage checkpoints
+        raise FileExistsError(f"{run_dir} holds a single-process run ({LAST_CHECKPOINT}), not pipeline stage "
+                              "checkpoints; resume it with pipeline.stages=0, or start the pipeline run in a "
+                              "new --run-dir")
+    if required:
+        raise FileNotFoundError(f"--resume: {run_dir} has no pipeline checkpoint (under {run_dir / 'ray'}) to "
+                                "continue from; drop --resume to start a new run there")
+    log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
+    return None
+
+
 def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None,
                  mlflow=None, trace_samples: bool = False,
                  measure_memory: bool = False, concurrent_runs: int = 1) -> dict[str, Any]:
@@ -74,14 +92,8 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     cfg.data.pin_paths()  # the workers run in Ray's session folder
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = latest_checkpoint(run_dir) if resume else None
+    found = resume_point(run_dir, required=False) if resume else None
     resume_from = str(found) if found else None
-    if resume and resume_from is None:
-        if (run_dir / LAST_CHECKPOINT).is_file():  # a pipeline run writes it only after its stage checkpoints
-            raise FileExistsError(f"{run_dir} holds a single-process run ({LAST_CHECKPOINT}), not pipeline stage "
-                                  "checkpoints; resume it with pipeline.stages=0, or start the pipeline run in a "
-                                  "new --run-dir")
-        log.warning("no checkpoint in %s yet; starting from scratch", run_dir)
     if not resume:
         check_new_run_dir(run_dir)
     ensure_ray(cfg, concurrent_runs)

@@ -30,6 +30,7 @@ PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "pgnet.role"  # "sweep" (the parent run) or "trial"
 TRIAL_TAG = "pgnet.trial_id"
 SWEEP_TAG = "pgnet.sweep_dir"
+RUN_DIR_TAG = "pgnet.run_dir"  # a `pgnet train` run's directory: `--resume` continues its MLflow run
 PREDICTION_IMAGES = 8
 
 
@@ -194,18 +195,47 @@ def render_predictions_png(run_dir: Path, path: Path) -> Path | None:
     return predictions_grid(pairs, path, cols=4) if pairs else None
 
 
+def reopen_run(client: MlflowClient, cfg: Config, run_dir: str) -> str | None:
+    """The newest MLflow run of `run_dir` in the config's experiment, set RUNNING again; None if there is none.
+
+    Its params stay those of its start (MLflow params cannot change): a resume with other
+    `train.epochs` is noted in the tag `pgnet.resumed_with`."""
+    exp = experiment_id(client, cfg.tracking.experiment)
+    quote = '"' if "'" in run_dir else "'"
+    found = client.search_runs([exp], filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{run_dir}{quote}",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        log.warning("no MLflow run of %s in experiment %r: the resumed run gets a new one", run_dir,
+                    cfg.tracking.experiment)
+        return None
+    run = found[0]
+    changed = {k: _param_text(v) for k, v in cfg.flat().items()
+               if k in run.data.params and run.data.params[k] != _param_text(v)}
+    if changed:
+        resumed_with = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
+        client.set_tag(run.info.run_id, "pgnet.resumed_with", resumed_with[:5000])
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
 @contextlib.contextmanager
 def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True,
-                   parent_run_id: str | None = None) -> Iterator[list]:
-    """Trainer hooks for one MLflow run around a `pgnet train`; the run is closed whatever happens."""
+                   parent_run_id: str | None = None, resume: bool = False) -> Iterator[list]:
+    """Trainer hooks for one MLflow run around a `pgnet train` (with `resume`, the run dir's own run,
+    reopened); the run is closed whatever happens."""
     if not (enabled and cfg.tracking.mlflow):
         yield []
         return
     client = MlflowClient(tracking_uri(cfg.tracking.tracking_uri))
-    run_id = start_run(client, cfg, run_name=cfg.tracking.run_name or Path(run_dir).name,
-                       parent_run_id=parent_run_id)
+    where = str(Path(run_dir).absolute())
+    run_id = reopen_run(client, cfg, where) if resume else None
+    if run_id is None:
+        run_id = start_run(client, cfg, run_name=cfg.tracking.run_name or Path(run_dir).name,
+                           parent_run_id=parent_run_id, extra_tags={RUN_DIR_TAG: where})
+        log.info("MLflow run %s in %s", run_id, client.tracking_uri)
+    else:
+        log.info("MLflow run %s in %s, reopened: the resumed run goes on in it", run_id, client.tracking_uri)
     hooks = MlflowHooks(client, run_id)
-    log.info("MLflow run %s in %s", run_id, client.tracking_uri)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield [hooks]

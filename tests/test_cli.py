@@ -291,6 +291,8 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
          "data.input_size", "multiples of 32"),
         (["train", "--run-dir", run, "--no-mlflow", "--resume", "--set", f"data.root={tiny_data}",
           "data.input_size=[64, 64]", "train.batch_size=4"], "no checkpoint_last.pt", "drop --resume"),
+        (["train", "--run-dir", run, "--no-mlflow", "--resume", "--set", "pipeline.stages=2"],
+         "no pipeline checkpoint", "drop --resume"),
         (["eval", "--checkpoint", tmp_path / "missing.pt", "--data", tiny_data], "missing.pt", "pgnet train"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data], "garbage.pt", "pgnet train"),
         (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
@@ -306,7 +308,8 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
     ]
 
 
-USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "missing-checkpoint",
+USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "resume-pipeline-nothing",
+                  "missing-checkpoint",
                   "garbage-checkpoint", "predict-missing-checkpoint", "predictions-without-annotations",
                   "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
                   "result-unknown-image", "missing-annotations", "garbage-checkpoint-no-data"]
@@ -342,19 +345,48 @@ def test_existing_run_dir_opens_no_mlflow_run(capsys, cli_run, tiny_overrides, t
     assert MlflowClient(uri).get_experiment_by_name("cli-existing") is None  # nothing logged of the old run
 
 
+def test_resume_of_nothing_opens_no_mlflow_run_and_reads_no_data(capsys, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    synthetic = tmp_path / "synthetic"
+    for stages in ("0", "2"):
+        code, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "typo", "--resume", "--set",
+                               f"pipeline.stages={stages}", f"data.synthetic_dir={synthetic}",
+                               "tracking.mlflow=true", "tracking.experiment=cli-resume-nothing")
+        assert code == 2 and "drop --resume" in err
+    assert MlflowClient(uri).get_experiment_by_name("cli-resume-nothing") is None
+    assert not synthetic.exists()  # the data set was not generated for a run that cannot start
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])
 
 
-def test_resume_through_the_cli_finishes_the_run(capsys, tmp_path, tiny_overrides):
+def test_resume_through_the_cli_finishes_the_run_in_its_mlflow_run(capsys, tmp_path, monkeypatch, tiny_overrides):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracked = [*tiny_overrides, "tracking.mlflow=true", "tracking.experiment=cli-resume"]
     run_dir = tmp_path / "run"
-    assert run_cli(capsys, "train", "--run-dir", run_dir, "--no-mlflow", "--quiet", "--set", *tiny_overrides,
-                   "train.max_steps=2")[0] == 0
-    code, stdout, _ = run_cli(capsys, "train", "--run-dir", run_dir, "--no-mlflow", "--quiet", "--resume",
-                              "--set", *tiny_overrides)
+    other = tmp_path / "other"  # another run in the same experiment: not the one to reopen
+    assert run_cli(capsys, "train", "--run-dir", other, "--quiet", "--set", *tracked, "train.max_steps=1")[0] == 0
+    assert run_cli(capsys, "train", "--run-dir", run_dir, "--quiet", "--set", *tracked, "train.max_steps=2")[0] == 0
+    code, stdout, _ = run_cli(capsys, "train", "--run-dir", run_dir, "--quiet", "--resume", "--set", *tracked)
     assert code == 0 and "steps: 4, epochs: 1" in stdout
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cli-resume").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["other", "run"]  # the resume opened no run of its own
+    run = next(r for r in runs if r.info.run_name == "run")
+    assert run.info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "loss")}) == [1, 2, 3, 4]
+    assert run.data.params["train.max_steps"] == "2"  # MLflow params are fixed at the start...
+    assert run.data.tags["pgnet.resumed_with"] == "train.max_steps=0"  # ...so the change is a tag
 
 
 if __name__ == "__main__":  # pragma: no cover
