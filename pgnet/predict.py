@@ -50,17 +50,47 @@ def image_ids(paths: list[Path]) -> list[int]:
     return list(range(1, len(paths) + 1))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def expand_images(paths: list[str | Path]) -> list[Path]:
+    """The image files to predict on: each file as given, each folder's image files (by suffix, sorted;
+    not its sub-folders)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                             "pass image files or a folder of them")
+        files.extend(found)
+    return files
+
+
+def drawn_file_names(paths: list[Path]) -> list[str]:
+    """`<stem>_pgnet.jpg` per image; a stem seen before (same name in another folder) gets `_2`, `_3`..."""
+    names, seen = [], {}
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        suffix = f"_{seen[path.stem]}" if seen[path.stem] > 1 else ""
+        names.append(f"{path.stem}{suffix}_pgnet.jpg")
+    return names
+
+
 def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                   eval_cfg: EvalConfig | None = None, draw_threshold: float = 0.3) -> Path:
-    """Writes `out_dir/<name>.jpg` with people drawn and `out_dir/results.json` (image ids: `image_ids`,
-    each result also names its `file_name`); returns the JSON path."""
+    """Writes `out_dir/<stem>_pgnet.jpg` with people drawn and `out_dir/results.json` (image ids: `image_ids`,
+    each result also names its `file_name`); returns the JSON path. `images`: files or folders
+    (`expand_images`)."""
     model, cfg = load_for_inference(checkpoint)
     eval_cfg = eval_cfg or cfg.eval
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
-    paths = [Path(p) for p in images]
-    for image_id, path in zip(image_ids(paths), paths):
+    paths = expand_images(images)
+    for image_id, path, drawn_name in zip(image_ids(paths), paths, drawn_file_names(paths)):
         try:
             record = image_record(path, image_id)
             sample = make_sample(record, input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people,
@@ -75,14 +105,14 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
             person["file_name"] = path.name
         results.extend(people)
         drawn = draw_people(read_image(str(path)), people, score_threshold=draw_threshold)
-        drawn.save(out_dir / f"{path.stem}_pgnet.jpg", quality=92)
+        drawn.save(out_dir / drawn_name, quality=92)
         log.info("%s: %d people above %.2f", path.name, sum(p["score"] >= draw_threshold for p in people),
                  draw_threshold)
-    if images and len(failed) == len(images):
-        raise ValueError(f"none of the {len(images)} image(s) could be read ({', '.join(failed)}); "
+    if paths and len(failed) == len(paths):
+        raise ValueError(f"none of the {len(paths)} image(s) could be read ({', '.join(failed)}); "
                          "pass image files (JPEG, PNG) that Pillow can open")
     out = out_dir / "results.json"
     out.write_text(json.dumps(results))
     if failed:
-        log.warning("%d of %d images could not be read: %s", len(failed), len(images), ", ".join(failed))
+        log.warning("%d of %d images could not be read: %s", len(failed), len(paths), ", ".join(failed))
     return out

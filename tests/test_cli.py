@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from pgnet.evaluation import evaluate, load_results, metric_names
 from pgnet.metrics_log import read_jsonl
-from pgnet.predict import image_ids
+from pgnet.predict import drawn_file_names, image_ids
 from pipelines.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,10 +147,12 @@ def test_predict_draws_images_and_writes_coco_results(capsys, tmp_path, cli_run,
     assert all(len(r["keypoints"]) == 51 and len(r["bbox"]) == 4 for r in results)
 
 
-def test_predictions_on_coco_files_are_scored_against_their_annotations(capsys, tmp_path, cli_run, coco_sample):
-    images = sorted((coco_sample / "val2017").glob("*.jpg"))
+def test_predictions_on_a_coco_folder_are_scored_against_their_annotations(capsys, tmp_path, cli_run, coco_sample):
+    folder = coco_sample / "val2017"
     out = tmp_path / "predictions"
-    assert run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_best.pt", *images, "--out", out)[0] == 0
+    assert run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_best.pt", folder, "--out", out)[0] == 0
+    drawn = sorted(p.name for p in out.glob("*_pgnet.jpg"))
+    assert drawn == sorted(f"{p.stem}_pgnet.jpg" for p in folder.glob("*.jpg"))
     gt = coco_sample / "annotations" / "person_keypoints_val2017.json"
     code, stdout, _ = run_cli(capsys, "eval", "--annotations", gt, "--predictions", out / "results.json",
                               "--out", tmp_path / "metrics.json")
@@ -167,6 +169,21 @@ def test_predictions_on_coco_files_are_scored_against_their_annotations(capsys, 
 ])
 def test_predict_image_ids(names, ids):
     assert image_ids([Path(n) for n in names]) == ids
+
+
+def test_predict_keeps_images_of_the_same_name_apart(tmp_path):
+    paths = [Path("a/000000000785.jpg"), Path("b/000000000785.png"), Path("c/photo.jpg")]
+    assert drawn_file_names(paths) == ["000000000785_pgnet.jpg", "000000000785_2_pgnet.jpg", "photo_pgnet.jpg"]
+
+
+def test_predict_on_a_folder_without_images_is_a_user_error(capsys, tmp_path, cli_run):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_last.pt", tmp_path / "empty",
+                           "--out", tmp_path / "out")
+    assert code == 2
+    assert error_lines(err) == [f"pgnet predict: error: folder {tmp_path / 'empty'} holds no image files "
+                                "(.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff); pass image files or a folder of them"]
 
 
 def test_predict_skips_an_unreadable_image(capsys, tmp_path, cli_run, tiny_data, caplog):
