@@ -33,6 +33,12 @@ def read_torch_file(path: str | Path, *, weights_only: bool, what: str) -> Any:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("checkpoint_*.pt"))
+        hint = f"the run's own: {', '.join(str(path / f) for f in found)}" if found else \
+            "run_dir/checkpoint_last.pt or checkpoint_best.pt"
+        raise FileNotFoundError(f"checkpoint '{path}' is a folder; pass a checkpoint file written by `pgnet train` "
+                                f"({hint})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' not found; pass a file written by `pgnet train` "
                                 "(run_dir/checkpoint_last.pt or checkpoint_best.pt)")

@@ -312,6 +312,7 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
          "no pipeline checkpoint", "drop --resume"),
         (["eval", "--checkpoint", tmp_path / "missing.pt", "--data", tiny_data], "missing.pt", "pgnet train"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data], "garbage.pt", "pgnet train"),
+        (["eval", "--checkpoint", tmp_path, "--data", tiny_data], "is a folder", "checkpoint file"),
         (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
          "missing.pt", "pgnet train"),
         (["eval", "--predictions", not_json], "--predictions needs --annotations", "GT.json"),
@@ -326,9 +327,8 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
 
 
 USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "resume-pipeline-nothing",
-                  "missing-checkpoint",
-                  "garbage-checkpoint", "predict-missing-checkpoint", "predictions-without-annotations",
-                  "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
+                  "missing-checkpoint", "garbage-checkpoint", "folder-as-checkpoint", "predict-missing-checkpoint",
+                  "predictions-without-annotations", "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
                   "result-unknown-image", "missing-annotations", "garbage-checkpoint-no-data"]
 
 
