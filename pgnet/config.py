@@ -126,6 +126,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     flip_test: bool = False
+    rescore: bool = True  # a person's score: centre peak x mean key-point confidence (false: the centre peak)
     top_k: int = 32
     score_threshold: float = 0.05
     batch_size: int = 16

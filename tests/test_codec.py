@@ -205,13 +205,15 @@ def synthetic_set(tmp_path_factory):
 
 # 640 x 640 for the COCO sample: at 512 the face points of its smallest person (30 x 96 px) share
 # output cells, and one `hp_offset` map cannot hold two offsets in one cell.
+@pytest.mark.parametrize("rescore", [False, True])
 @pytest.mark.parametrize("data,input_size", [("coco_sample", (640, 640)), ("synthetic", (512, 512))])
-def test_round_trip_scores_perfect_ap(data, input_size, sample_records, synthetic_set):
+def test_round_trip_scores_perfect_ap(data, input_size, rescore, sample_records, synthetic_set):
     ann, records = (SAMPLE_ANN, sample_records) if data == "coco_sample" else synthetic_set
     _, targets, meta, num_bad = batch(records, input_size)
     assert num_bad == 0
     assert targets["mask"].sum() == sum(r.num_people for r in records)  # nobody lost by the letterbox
-    results = coco_results(oracle_outputs(targets), meta["image_id"].tolist(), meta["inv_affine"], top_k=32)
+    results = coco_results(oracle_outputs(targets), meta["image_id"].tolist(), meta["inv_affine"], top_k=32,
+                           rescore=rescore)
     metrics = evaluate(ann, results)
     assert metrics["keypoints/AP"] >= 0.99, metrics
     assert metrics["bbox/AP"] >= 0.99, metrics
@@ -272,6 +274,24 @@ def test_keypoints_snap_to_near_heatmap_peaks(peak, snapped):
         assert_close(torch.from_numpy(nose), torch.tensor([peak[0], peak[1], 0.9]))
     else:  # the regressed point, with the key-point heatmap's (low) value there
         assert_close(torch.from_numpy(nose), torch.tensor([8.0, 6.0, torch.sigmoid(torch.tensor(-9.0)).item()]))
+
+
+def test_rescoring_ranks_people_by_centre_times_mean_keypoint_confidence():
+    out = outputs_with_one_person((9.25, 7.5), peak_score=0.9)  # centre logit 4, a nose peak of 0.9
+    out["hm"][0, 0, 25, 25] = 6.0  # a second centre, stronger, whose key points are all unfound
+    plain = decode_outputs(out, top_k=2)[0]
+    rescored = decode_outputs(out, top_k=2, rescore=True)[0]
+    low = 1 / (1 + math.exp(9.0))  # the key-point heatmaps' value away from peaks
+    centre_a, centre_b = 1 / (1 + math.exp(-4.0)), 1 / (1 + math.exp(-6.0))
+    assert_close(torch.from_numpy(plain["scores"]), torch.tensor([centre_b, centre_a]))
+    want = [centre_a * (0.9 + (J - 1) * low) / J, centre_b * low]
+    assert_close(torch.from_numpy(rescored["scores"]).double(), torch.tensor(want).double(), rtol=1e-5, atol=0)
+    # boxes, key points and centre scores travel with their scores
+    for key in ("boxes", "keypoints", "centre_scores"):
+        assert_close(torch.from_numpy(rescored[key]), torch.from_numpy(plain[key][::-1].copy()))
+    # the score threshold keeps whom the centre peak keeps: the second person's score is 1e-4, it stays
+    assert len(detections_to_coco(rescored, image_id=1, score_threshold=0.05)) == 2
+    assert len(detections_to_coco(rescored, image_id=1, score_threshold=0.99)) == 1
 
 
 def test_weak_peaks_are_not_snapped():

@@ -39,7 +39,8 @@ def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1) -> list[dict]:
+def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1,
+                   rescore: bool = False) -> list[dict]:
     """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
 
     Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
@@ -48,6 +49,10 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     the nearest peak of sigmoid(hm_hp) (+ `hp_offset`) scoring above `kp_threshold` when it lies
     inside the box and within 0.3 x the box's longer side. A snapped key point's confidence is
     its peak score; an unsnapped one gets the key-point heatmap's value at the regressed location.
+    A person's score is its centre peak (CenterNet); with `rescore`, times the mean confidence
+    of its 17 key points, so that people whose key points were found rank first. `centre_scores`
+    keeps the centre peaks (the score threshold of `detections_to_coco` applies to them: rescoring
+    reorders people, it does not drop any).
     """
     heat = heatmap_nms(torch.sigmoid(outputs["hm"].float()))
     b, _, h, w = heat.shape
@@ -60,8 +65,16 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
     keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold)
+    centre_scores = scores
+    if rescore:
+        order = (scores * keypoints[..., 2].mean(-1)).argsort(dim=1, descending=True)
+        centre_scores = centre_scores.gather(1, order)
+        boxes = boxes.gather(1, order[..., None].expand_as(boxes))
+        keypoints = keypoints.gather(1, order[..., None, None].expand_as(keypoints))
+        scores = centre_scores * keypoints[..., 2].mean(-1)
     return [{"boxes": boxes[i].cpu().numpy(), "scores": scores[i].cpu().numpy(),
-             "keypoints": keypoints[i].cpu().numpy()} for i in range(b)]
+             "centre_scores": centre_scores[i].cpu().numpy(), "keypoints": keypoints[i].cpu().numpy()}
+            for i in range(b)]
 
 
 def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_k: int,
@@ -151,10 +164,11 @@ def flip_merge(outputs: dict[str, Tensor], outputs_of_flipped_image: dict[str, T
 
 
 def detections_to_coco(detections: dict, image_id: int, score_threshold: float = 0.0) -> list[dict]:
-    """COCO result dicts (boxes and key points) of one image's detections in image pixels."""
+    """COCO result dicts (boxes and key points) of one image's detections in image pixels; people whose
+    `centre_scores` (else `scores`) are below `score_threshold` are left out."""
     # Imported here: pgnet.evaluation imports pgnet.data, which imports this module (an import cycle at the top).
     from pgnet.evaluation.results import results_from_detections
-    keep = np.asarray(detections["scores"]) >= score_threshold
+    keep = np.asarray(detections.get("centre_scores", detections["scores"])) >= score_threshold
     if not keep.any():
         return []
     return results_from_detections(image_id, np.asarray(detections["boxes"])[keep],
@@ -164,17 +178,19 @@ def detections_to_coco(detections: dict, image_id: int, score_threshold: float =
 
 def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor, *,
                  flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
-                 kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE) -> list[dict]:
+                 kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE,
+                 rescore: bool = False) -> list[dict]:
     """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
 
     `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
-    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None.
+    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore`:
+    see `decode_outputs` (`score_threshold` applies to the final score).
     """
     if flipped_outputs is not None:
         outputs = flip_merge(outputs, flipped_outputs)
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold), image_ids, inv_affines):
+    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold, rescore), image_ids, inv_affines):
         results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
     return results
