@@ -294,6 +294,22 @@ def test_rescoring_ranks_people_by_centre_times_mean_keypoint_confidence():
     assert len(detections_to_coco(rescored, image_id=1, score_threshold=0.99)) == 1
 
 
+@pytest.mark.parametrize("weight, strong_at, want", [
+    (0.0, (11.5, 6.5), (8.5, 6.5)),  # CenterNet: the nearest peak
+    (1.0, (11.5, 6.5), (11.5, 6.5)),  # costs 0.707/20 - 0.2 = -0.165 (weak) vs 3.536/20 - 0.9 = -0.723 (strong)
+    (0.1, (11.5, 6.5), (8.5, 6.5)),  # 0.0154 (weak) vs 0.0868 (strong)
+    (1.0, (8.0, 13.5), (8.5, 6.5)),  # the strong peak is 7.5 away, beyond 0.3 x 20: never a candidate
+    (1.0, (8.5, 1.5), (8.5, 6.5)),  # 4.5 away but above the box (y1 = 2): never a candidate
+])
+def test_snapping_weighs_a_peaks_score_against_its_distance(weight, strong_at, want):
+    out = outputs_with_one_person((8.5, 6.5), peak_score=0.2)  # regressed nose at (8, 6), box (5, 2, 15, 22)
+    x, y = strong_at
+    out["hm_hp"][0, 0, int(y), int(x)] = math.log(0.9 / 0.1)
+    out["hp_offset"][0, :, int(y), int(x)] = torch.tensor([x % 1, y % 1])
+    nose = decode_outputs(out, top_k=4, kp_threshold=0.1, snap_score_weight=weight)[0]["keypoints"][0, 0]
+    assert_close(torch.from_numpy(nose[:2]), torch.tensor(want))
+
+
 def test_weak_peaks_are_not_snapped():
     det = decode_outputs(outputs_with_one_person((9.25, 7.5), peak_score=0.05), kp_threshold=0.1)[0]
     assert_close(torch.from_numpy(det["keypoints"][0, 0, :2]), torch.tensor([8.0, 6.0]))

@@ -40,14 +40,18 @@ def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
 
 @torch.no_grad()
 def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1,
-                   rescore: bool = False) -> list[dict]:
+                   rescore: bool = False, snap_score_weight: float = 0.0) -> list[dict]:
     """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
 
     Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
     confidence, sorted by score. Centres are the top-k local maxima of sigmoid(hm); boxes come
     from `wh` and `reg`; key points are regressed from the integer centre (`kps`) and snapped to
-    the nearest peak of sigmoid(hm_hp) (+ `hp_offset`) scoring above `kp_threshold` when it lies
-    inside the box and within 0.3 x the box's longer side. A snapped key point's confidence is
+    a peak of sigmoid(hm_hp) (+ `hp_offset`): of the peaks scoring above `kp_threshold` that lie
+    inside the box and within 0.3 x the box's longer side L of the regressed point, the one
+    minimising d / L - w * s (d: its distance to the regressed point, s: its score, w:
+    `snap_score_weight`). w = 0 takes the nearest such peak (CenterNet), w > 0 lets a stronger
+    peak win over a nearer, weaker one.
+    A snapped key point's confidence is
     its peak score; an unsnapped one gets the key-point heatmap's value at the regressed location.
     A person's score is its centre peak (CenterNet); with `rescore`, times the mean confidence
     of its 17 key points, so that people whose key points were found rank first. `centre_scores`
@@ -64,7 +68,7 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     kps = kps + torch.stack([xs, ys], dim=-1).unsqueeze(2)  # offsets are from the integer centre
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
-    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold)
+    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight)
     centre_scores = scores
     if rescore:
         order = (scores * keypoints[..., 2].mean(-1)).argsort(dim=1, descending=True)
@@ -78,7 +82,7 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
 
 
 def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_k: int,
-                    threshold: float) -> Tensor:
+                    threshold: float, score_weight: float = 0.0) -> Tensor:
     """(B, K, J, 3) key points: regressed ones `kps` (B, K, J, 2) replaced by near heatmap peaks."""
     hm_hp = torch.sigmoid(outputs["hm_hp"].float())
     b, joints, h, w = hm_hp.shape
@@ -88,17 +92,18 @@ def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_
     peaks = torch.stack([peak_xs + offsets[..., 0], peak_ys + offsets[..., 1]], dim=-1)  # (B, J, P, 2)
     # distance of every regressed key point (B, K, J) to every peak of its joint (P)
     dist = (kps.unsqueeze(3) - peaks.unsqueeze(1)).norm(dim=-1)  # (B, K, J, P)
-    dist = dist.masked_fill((peak_scores <= threshold).unsqueeze(1), float("inf"))
-    min_dist, nearest = dist.min(dim=-1)  # (B, K, J)
+    x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # (B, K, 1, 1)
+    side = torch.maximum(x2 - x1, y2 - y1)
+    px, py = peaks[..., 0].unsqueeze(1), peaks[..., 1].unsqueeze(1)  # (B, 1, J, P)
+    candidate = (peak_scores > threshold).unsqueeze(1) & (dist <= SNAP_DISTANCE * side) \
+        & (px >= x1) & (px <= x2) & (py >= y1) & (py <= y2)  # (B, K, J, P)
+    cost = dist / side.clamp(min=1e-6) - score_weight * peak_scores.unsqueeze(1)
+    best_cost, chosen = cost.masked_fill(~candidate, float("inf")).min(dim=-1)  # (B, K, J)
     j_index = torch.arange(joints, device=kps.device).view(1, 1, joints)
     b_index = torch.arange(b, device=kps.device).view(b, 1, 1)
-    snapped_xy = peaks[b_index, j_index, nearest]  # (B, K, J, 2)
-    snapped_score = peak_scores[b_index, j_index, nearest]
-    x1, y1, x2, y2 = (boxes[..., i].unsqueeze(-1) for i in range(4))
-    inside = (snapped_xy[..., 0] >= x1) & (snapped_xy[..., 0] <= x2) \
-        & (snapped_xy[..., 1] >= y1) & (snapped_xy[..., 1] <= y2)
-    near = min_dist <= SNAP_DISTANCE * torch.maximum(x2 - x1, y2 - y1)
-    snap = inside & near & torch.isfinite(min_dist)
+    snapped_xy = peaks[b_index, j_index, chosen]  # (B, K, J, 2)
+    snapped_score = peak_scores[b_index, j_index, chosen]
+    snap = torch.isfinite(best_cost)
     cell_x = kps[..., 0].floor().long().clamp(0, w - 1)
     cell_y = kps[..., 1].floor().long().clamp(0, h - 1)
     cells = cell_y * w + cell_x  # (B, K, J)
@@ -179,18 +184,18 @@ def detections_to_coco(detections: dict, image_id: int, score_threshold: float =
 def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor, *,
                  flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
                  kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE,
-                 rescore: bool = False) -> list[dict]:
+                 rescore: bool = False, snap_score_weight: float = 0.0) -> list[dict]:
     """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
 
     `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
-    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore`:
-    see `decode_outputs` (`score_threshold` applies to the final score).
+    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore` and
+    `snap_score_weight`: see `decode_outputs`.
     """
     if flipped_outputs is not None:
         outputs = flip_merge(outputs, flipped_outputs)
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold, rescore), image_ids, inv_affines):
+    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight), image_ids, inv_affines):
         results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
     return results
