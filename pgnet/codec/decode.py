@@ -50,9 +50,8 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     inside the box and within 0.3 x the box's longer side L of the regressed point, the one
     minimising d / L - w * s (d: its distance to the regressed point, s: its score, w:
     `snap_score_weight`). w = 0 takes the nearest such peak (CenterNet), w > 0 lets a stronger
-    peak win over a nearer, weaker one.
-    A snapped key point's confidence is
-    its peak score; an unsnapped one gets the key-point heatmap's value at the regressed location.
+    peak win over a nearer, weaker one. A snapped key point's confidence is its peak score; an
+    unsnapped one gets the key-point heatmap's value at the regressed location.
     A person's score is its centre peak (CenterNet); with `rescore`, times the mean confidence
     of its 17 key points, so that people whose key points were found rank first. `centre_scores`
     keeps the centre peaks (the score threshold of `detections_to_coco` applies to them: rescoring
@@ -71,11 +70,11 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight)
     centre_scores = scores
     if rescore:
-        order = (scores * keypoints[..., 2].mean(-1)).argsort(dim=1, descending=True)
-        centre_scores = centre_scores.gather(1, order)
+        rescored = scores * keypoints[..., 2].mean(-1)
+        order = rescored.argsort(dim=1, descending=True)
+        scores, centre_scores = rescored.gather(1, order), centre_scores.gather(1, order)
         boxes = boxes.gather(1, order[..., None].expand_as(boxes))
         keypoints = keypoints.gather(1, order[..., None, None].expand_as(keypoints))
-        scores = centre_scores * keypoints[..., 2].mean(-1)
     return [{"boxes": boxes[i].cpu().numpy(), "scores": scores[i].cpu().numpy(),
              "centre_scores": centre_scores[i].cpu().numpy(), "keypoints": keypoints[i].cpu().numpy()}
             for i in range(b)]
@@ -196,6 +195,7 @@ def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affin
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    for det, image_id, inv in zip(decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight), image_ids, inv_affines):
+    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight)
+    for det, image_id, inv in zip(detections, image_ids, inv_affines):
         results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
     return results

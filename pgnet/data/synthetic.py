@@ -9,7 +9,8 @@ Scene model (per image, all drawn with PIL, nothing anti-aliased):
   (filled), neck, head with hair, eyes and nose, two-segment arms with hands and legs with feet,
   random build, lean, facing (yaw: front, profile or back), joint angles, rotation and scale
   (standing height 25-90% of the image height, `heights`; crowded scenes cap it). The figure's own left limbs are drawn a shade
-  darker than its right ones: together with the face this keeps left/right learnable at 128 px;
+  darker than its right ones: together with the face this keeps left/right learnable at 128 px
+  (a cue that a mirrored image reverses: horizontal-flip augmentation contradicts it);
 - sometimes 1-2 foreground occluders (boxes, poles, ellipses) over a person;
 - mild sensor noise, then JPEG at quality 95 without chroma subsampling.
 
