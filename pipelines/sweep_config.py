@@ -16,6 +16,7 @@ import yaml
 from ray import tune
 
 from pgnet.config import Config, ConfigError, apply_overrides, build_dataclass, config_from_dict, resolve_config_path
+from pgnet.evaluation import metric_names
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
@@ -140,6 +141,11 @@ def _base_path(base: str, sweep_file: Path) -> Path:
     return (beside if beside.is_file() else resolve_config_path(base)).absolute()
 
 
+# What every trial reports after each evaluation (the main ones first, for the error message).
+REPORTED_METRICS = ("keypoints/AP", "bbox/AP", "loss",
+                    *(m for m in metric_names() if m not in ("keypoints/AP", "bbox/AP")))
+
+
 def _validate(sweep: SweepConfig) -> None:
     src = sweep.source
     if sweep.mode not in ("max", "min"):
@@ -162,9 +168,12 @@ def _validate(sweep: SweepConfig) -> None:
         if key not in known:
             raise ConfigError(f"{src}: search_space key '{key}' is not a training-config key")
     for params in sweep.corner_params():  # every grid value must make a valid training config
-        sweep.trial_config(params)
-    if not sweep.metric.startswith(("keypoints/", "bbox/", "loss")):
-        raise ConfigError(f"{src}: metric {sweep.metric!r} is not reported (use keypoints/AP, bbox/AP, loss, ...)")
+        if sweep.trial_config(params).pipeline.stages < 1:
+            raise ConfigError(f"{src}: every trial trains on Ray Train, but trial {params} has pipeline.stages=0 "
+                              "(the single-process trainer); set pipeline.stages: 1 or more under overrides")
+    if sweep.metric not in REPORTED_METRICS:
+        raise ConfigError(f"{src}: metric {sweep.metric!r} is not reported by a trial; use one of "
+                          f"{', '.join(REPORTED_METRICS)}")
 
 
 SWEEP_DIR = Path(__file__).resolve().parents[1] / "tune_configs"

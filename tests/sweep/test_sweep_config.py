@@ -48,9 +48,14 @@ def write(tmp_path: Path, text: str) -> Path:
 GOOD = """
 name: t
 base: cpu_small
+overrides: {pipeline.stages: 2}
 search_space:
   loss.box: {grid: [iou, giou]}
 """
+
+
+def test_the_sweep_the_bad_ones_start_from_is_valid(tmp_path):
+    assert load_sweep(write(tmp_path, GOOD)).total_trials() == 2
 
 
 @pytest.mark.parametrize("text, message", [
@@ -67,10 +72,13 @@ search_space:
     ("name: [unclosed\n", "not valid YAML"),
     (GOOD.replace("search_space:\n  loss.box: {grid: [iou, giou]}", "search_space:\n  optim.lr: {loguniform: [0, 1]}"),
      "needs low > 0"),
-    (GOOD + "overrides: {train.batch_size: 7, pipeline.stages: 2, pipeline.microbatches: 4}\n", "divisible"),
+    (GOOD.replace("{pipeline.stages: 2}", "{train.batch_size: 7, pipeline.stages: 2, pipeline.microbatches: 4}"),
+     "divisible"),
+    (GOOD.replace("overrides: {pipeline.stages: 2}\n", ""), "pipeline.stages=0 (the single-process trainer)"),
+    (GOOD + "metric: keypoints/APX\n", "metric 'keypoints/APX' is not reported by a trial; use one of keypoints/AP"),
     (GOOD + "num_samples: '2'\n", "'num_samples' must be int"),
     (GOOD + "scheduler: {name: asha, grace_period: 1.5}\n", "'scheduler.grace_period' must be int"),
-    (GOOD + "overrides: [train.epochs=2]\n", "'overrides' must be a mapping"),
+    (GOOD.replace("{pipeline.stages: 2}", "[train.epochs=2]"), "'overrides' must be a mapping"),
     (GOOD + "source: elsewhere.yaml\n", "unknown key 'source'"),
     ("- name: t\n", "a sweep file must be a YAML mapping"),
 ])
