@@ -145,7 +145,7 @@ def _print_sweep_summary(sweep, grid) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import build_report, write_report
-    report = build_report(args.experiment, metric=args.metric, rows=tuple(args.rows))
+    report = build_report(args.experiment, metric=args.metric, rows=tuple(args.rows), mode=args.mode)
     print(report.to_markdown())
     if args.out:
         for path in write_report(report, Path(args.out)).values():
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the Table 3-style comparison of a sweep, from the MLflow store")
     p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's name)")
     p.add_argument("--metric", default="keypoints/AP", help="picks each trial's best evaluation and each cell's best trial")
+    p.add_argument("--mode", choices=("max", "min"), help="is the highest or the lowest metric the best (default: "
+                   "min for loss, max for COCO stats)")
     p.add_argument("--rows", nargs="+", default=["model.backbone", "model.norm"], help="config keys of the rows")
     p.add_argument("--out", help="also write OUT.md, OUT.csv and OUT.png")
     p.set_defaults(func=cmd_report)

@@ -1,6 +1,7 @@
 """`pgnet report`: a sweep's results as the paper's Table 3 (backbone x norm), read only from MLflow.
 
-Each trial is scored at its best evaluation (highest `metric`); every column comes from that same step.
+Each trial is scored at its best evaluation (highest `metric`, or lowest with mode "min", as for `loss`);
+every column comes from that same step.
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class Report:
     swept: list[str]  # params whose values differ between trials
     sweep_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    mode: str = "max"  # "min": the lowest `metric` is the best (a loss)
 
     @property
     def counted(self) -> list[TrialResult]:
@@ -96,7 +98,7 @@ class Report:
         groups: dict[tuple[str, ...], list[TrialResult]] = {}
         for trial in self.counted:
             groups.setdefault(tuple(trial.params.get(k, "—") for k in self.rows), []).append(trial)
-        cells = [Cell(key, max(group, key=lambda t: _rank(t, self.metric)), len(group),
+        cells = [Cell(key, max(group, key=lambda t: _rank(t, self.metric, self.mode)), len(group),
                       sum(t.stopped_early for t in group)) for key, group in groups.items()]
         return sorted(cells, key=lambda c: [_value_order(k, v) for k, v in zip(self.rows, c.key)])
 
@@ -131,11 +133,11 @@ class Report:
         """Every trial run: the params that vary across trials, its status and its best `metric`."""
         header = ["trial", *self.swept, "status", "best epoch", "step", _column_label(self.metric)]
         lines = [_md_row(header), _md_row(["---"] * len(header))]
-        for t in sorted(self.trials, key=lambda t: _rank(t, self.metric), reverse=True):
+        for t in sorted(self.trials, key=lambda t: _rank(t, self.metric, self.mode), reverse=True):
             status = t.status + _uncounted_reason(t)
             epoch = "—" if t.epoch is None else f"{t.epoch:g}"
             lines.append(_md_row([t.trial_id, *[t.params.get(k, "—") for k in self.swept], status, epoch,
-                                  "—" if t.step is None else str(t.step), format_percent(t.values.get(self.metric))]))
+                                  "—" if t.step is None else str(t.step), format_metric(self.metric, t.values.get(self.metric))]))
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -147,7 +149,8 @@ class Report:
             "",
             self.table_markdown(),
             "",
-            f"Values in %, each row the trial with the highest `{self.metric}` in its group, every value "
+            f"Values in %, each row the trial with the {'lowest' if self.mode == 'min' else 'highest'} "
+            f"`{self.metric}` in its group, every value "
             f"read at that trial's best evaluation (one step, never mixed across epochs). "
             f"n/a: COCOeval had no ground truth in that size range. {len(counted)} of {len(self.trials)} "
             f"trial runs counted ({', '.join(COUNTED_STATUSES)} with an evaluation).",
@@ -210,6 +213,13 @@ class Report:
 
 # ---------------------------------------------------------------------- formatting
 
+def format_metric(metric: str, value: float | None) -> str:
+    """COCO stats in % (`format_percent`), anything else (a loss) as logged."""
+    if metric.startswith(("keypoints/", "bbox/")) or value is None:
+        return format_percent(value)
+    return f"{value:.4f}"
+
+
 def format_percent(value: float | None) -> str:
     """A COCO stat as % with one decimal; "n/a" for COCOeval's -1, "—" when it was not logged."""
     return "—" if value is None or math.isnan(value) else format_stat(value)
@@ -253,10 +263,16 @@ def _trial_label(trial: TrialResult) -> str:
     return f"{trial.trial_id}{epoch}{STOPPED_MARK if trial.stopped_early else ''}"
 
 
-def _rank(trial: TrialResult, metric: str) -> tuple:
-    """Higher is better: the metric, then a finished trial over a stopped one, then the earlier run."""
+def default_mode(metric: str) -> str:
+    """"min" for losses, "max" for COCO stats."""
+    return "min" if metric == "loss" or metric.startswith("loss/") else "max"
+
+
+def _rank(trial: TrialResult, metric: str, mode: str = "max") -> tuple:
+    """Higher is better: the metric (negated with mode "min"), then a finished trial over a stopped one,
+    then the earlier run."""
     value = trial.values.get(metric)
-    score = -math.inf if value is None or math.isnan(value) else value
+    score = -math.inf if value is None or math.isnan(value) else (-value if mode == "min" else value)
     return (trial.step is not None, score, not trial.stopped_early, -trial.start_time)
 
 
@@ -275,13 +291,17 @@ def _value_order(key: str, value: str) -> tuple:
 
 def build_report(experiment: str, tracking_uri: str | None = None, metric: str = "keypoints/AP",
                  rows: str | Sequence[str] = TABLE3_ROWS, columns: str | Sequence[str] = TABLE3_COLUMNS,
-                 sweep_run_id: str | None = None) -> Report:
-    """The sweep `experiment`'s trials from the MLflow store, grouped by `rows`, best by `metric`.
+                 sweep_run_id: str | None = None, mode: str | None = None) -> Report:
+    """The sweep `experiment`'s trials from the MLflow store, grouped by `rows`, best by `metric`
+    (the highest, or the lowest with `mode` "min"; None: `default_mode`).
 
     Reads the trials of `sweep_run_id`, or of the latest sweep (parent run) in the experiment.
     FINISHED and KILLED (stopped early by ASHA) trials with an evaluation are counted; others are
     listed in the every-trial table only.
     """
+    mode = mode or default_mode(metric)
+    if mode not in ("max", "min"):
+        raise ReportError(f"mode must be max or min, got {mode!r}")
     uri = _checked_uri(tracking_uri)
     client = MlflowClient(uri)
     exp = _find_experiment(client, experiment, uri)
@@ -295,13 +315,13 @@ def build_report(experiment: str, tracking_uri: str | None = None, metric: str =
     rows, columns = _keys(rows), _keys(columns)
     _check_keys(runs, metric, rows)
     wanted = list(dict.fromkeys([metric, *columns, *ALSO_READ, "epoch"]))
-    trials = [_score_trial(client, run, metric, wanted) for run in runs]
+    trials = [_score_trial(client, run, metric, wanted, mode) for run in runs]
     _note_uncounted(trials, notes)
     if not any(t.counted for t in trials):
         raise ReportError(f"none of the {len(trials)} trial runs of '{experiment}' is FINISHED or KILLED with an "
                           f"evaluation of '{metric}' (statuses: {_status_counts(trials)}); wait for the sweep's "
                           "first evaluations, or check the trials' logs if they failed")
-    return Report(experiment, metric, rows, columns, trials, _swept_params(trials), parent, notes)
+    return Report(experiment, metric, rows, columns, trials, _swept_params(trials), parent, notes, mode)
 
 
 def write_report(report: Report, out: str | Path) -> dict[str, Path]:
@@ -387,15 +407,16 @@ def _check_keys(runs: list, metric: str, rows: tuple[str, ...]) -> None:
                           f"{', '.join(metrics) or '(none: no trial has logged anything yet)'}")
 
 
-def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str]) -> TrialResult:
+def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str], mode: str = "max") -> TrialResult:
     info = run.info
     trial = TrialResult(info.run_id, run.data.tags.get(TRIAL_TAG, info.run_name or info.run_id[:8]),
                         info.status, dict(run.data.params), info.start_time or 0)
     history = _by_step(client.get_metric_history(info.run_id, metric)) if metric in run.data.metrics else {}
     if not history:
         return trial
-    # the highest value; on a tie the earlier evaluation (reached first)
-    trial.step = max(history, key=lambda step: (history[step], -step))
+    # the best value (highest, or lowest with mode "min"); on a tie the earlier evaluation (reached first)
+    sign = -1.0 if mode == "min" else 1.0
+    trial.step = max(history, key=lambda step: (sign * history[step], -step))
     for name in wanted:
         if name == metric:
             values = history  # fetched above

@@ -212,6 +212,21 @@ def test_undefined_stat_is_na_in_markdown_and_minus_one_in_csv(store, tmp_path):
     assert float(line["bbox/APS"]) == -1.0
 
 
+def test_a_loss_is_best_at_its_lowest(store):
+    uri, _, _ = store
+    report = build_report(EXPERIMENT, uri, metric="loss", rows=("model.backbone",))
+    assert report.mode == "min"
+    # the logged loss is 5 / step: each trial is best at its last step, each row's best trial is its longest
+    last_step = {t: STEPS_PER_EPOCH * max(1, len(spec[5])) for t, spec in TRIALS.items()}
+    assert {t.trial_id: t.step for t in report.trials} == last_step
+    assert {c.key: c.best.trial_id for c in report.cells} == {("resnet18",): "t0", ("resnet34",): "t7",
+                                                              ("resnet50",): "t4"}
+    assert "the trial with the lowest `loss`" in report.to_markdown()
+    assert markdown_rows(report.trials_markdown())[0][-1] == f"{5.0 / last_step['t4']:.4f}"  # as logged, not in %
+    highest = build_report(EXPERIMENT, uri, metric="loss", rows=("model.backbone",), mode="max")
+    assert {t.step for t in highest.trials} == {1}
+
+
 def test_another_sweep_is_reported_when_asked(store):
     uri, _, old_parent = store
     report = build_report(EXPERIMENT, uri, sweep_run_id=old_parent)
@@ -267,6 +282,7 @@ def test_missing_store_is_not_created(tmp_path):
     ({"rows": ("model.depth",)}, "no trial has the param 'model.depth'.*model.backbone"),
     ({"metric": "keypoints/mAP"}, "no trial logged the metric 'keypoints/mAP'.*keypoints/AP"),
     ({"sweep_run_id": "0" * 32}, "is not a sweep run of 'table3_ablation'"),
+    ({"mode": "maximum"}, "mode must be max or min, got 'maximum'"),
 ])
 def test_bad_arguments_say_what_exists(store, kwargs, message):
     uri, _, _ = store
