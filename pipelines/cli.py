@@ -70,6 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions:
         if not args.annotations:
             raise ConfigError("--predictions needs --annotations GT.json (the ground truth to score against)")
+        if args.set or args.flip:
+            raise ConfigError("--set and --flip change how a --checkpoint is decoded; a results file is scored as it is")
         metrics = evaluate(args.annotations, args.predictions)
     else:
         if not (args.checkpoint and args.data):
@@ -83,12 +85,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        if not item.startswith("eval."):
+            raise ConfigError(f"--set {item}: only eval.* keys can change at evaluation (the weights fix the rest)")
+
+
+def _eval_overrides(cfg, overrides: list[str]):
+    """The checkpoint's config with `eval.*` values changed (the decoding: flip test, rescoring, snapping...)."""
+    from pgnet.config import apply_overrides, config_from_dict
+    return config_from_dict(apply_overrides(cfg.to_dict(), overrides), "the checkpoint's config + --set")
+
+
 def _eval_checkpoint(args: argparse.Namespace) -> dict[str, float]:
     import json
     from pgnet.data.dataset import CocoKeypoints
     from pgnet.engine import evaluate_model, resolve_device
     from pgnet.predict import load_for_inference
+    _check_eval_overrides(args.set)
     model, cfg = load_for_inference(args.checkpoint)
+    if args.set:
+        cfg = _eval_overrides(cfg, args.set)
     if args.flip:
         cfg.eval.flip_test = True
     cfg.eval.max_images = args.max_images
@@ -194,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="COCO-layout root (annotations/ and <split>/)")
     p.add_argument("--split", default="val2017")
     p.add_argument("--flip", action="store_true", help="flip test")
+    p.add_argument("--set", nargs="*", default=[], metavar="eval.KEY=VALUE",
+                   help="change the checkpoint's decoding, e.g. eval.rescore=false eval.snap_score_weight=0")
     p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images (0: all)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--results-out", help="also write the model's COCO results here")

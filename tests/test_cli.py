@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from pgnet.config import EvalConfig
 from pgnet.evaluation import evaluate, load_results, metric_names
 from pgnet.metrics_log import read_jsonl
 from pgnet.predict import drawn_file_names, image_ids
@@ -126,6 +127,29 @@ def test_eval_checkpoint_equals_the_trainers_evaluation(capsys, tmp_path, cli_ru
     assert "Boxes (IoU)" in stdout
     assert evaluate(tiny_data / "annotations/person_keypoints_val2017.json", results) == \
         {k: metrics[k] for k in metric_names()}
+
+
+def test_eval_set_changes_the_checkpoints_decoding(capsys, tmp_path, cli_run, tiny_data):
+    import torch
+    from pgnet.data.dataset import CocoKeypoints
+    from pgnet.engine import evaluate_model
+    from pgnet.predict import load_for_inference
+    results = tmp_path / "results.json"
+    code, _, _ = run_cli(capsys, "eval", "--checkpoint", cli_run / "checkpoint_last.pt", "--data", tiny_data,
+                         "--results-out", results, "--quiet", "--set", "eval.rescore=false",
+                         "eval.snap_score_weight=0", "eval.score_threshold=0")
+    assert code == 0
+    model, cfg = load_for_inference(cli_run / "checkpoint_last.pt")
+    cfg.eval.rescore, cfg.eval.snap_score_weight, cfg.eval.score_threshold = False, 0.0, 0.0
+    dataset = CocoKeypoints(tiny_data, VAL_SET, input_size=tuple(cfg.data.input_size),
+                            max_people=cfg.data.max_people, train=False)
+    _, want = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False)
+    got = json.loads(results.read_text())
+    assert len(got) == len(want) > 0
+    assert got == json.loads(json.dumps(want))
+    rescored = json.loads(json.dumps(evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"),
+                                                    progress=False)[1]))
+    assert rescored != got  # the defaults decode otherwise: the override took effect
 
 
 # --- predict -----------------------------------------------------------------------------------------
@@ -316,6 +340,10 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
         (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
          "missing.pt", "pgnet train"),
         (["eval", "--predictions", not_json], "--predictions needs --annotations", "GT.json"),
+        (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data, "--set", "model.norm=gn"], "model.norm=gn",
+         "only eval.* keys"),
+        (["eval", "--annotations", gt, "--predictions", not_json, "--set", "eval.rescore=false"], "--set",
+         "scored as it is"),
         (["eval"], "--annotations GT.json --predictions RESULTS.json", "--checkpoint CKPT"),
         (["eval", "--annotations", gt, "--predictions", not_json], "not a valid JSON", "JSON list"),
         (["eval", "--annotations", gt, "--predictions", a_dict], "must be a JSON list", "one object per detection"),
@@ -328,7 +356,7 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
 
 USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "resume-pipeline-nothing",
                   "missing-checkpoint", "garbage-checkpoint", "folder-as-checkpoint", "predict-missing-checkpoint",
-                  "predictions-without-annotations", "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
+                  "predictions-without-annotations", "eval-set-model-key", "eval-set-on-results", "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
                   "result-unknown-image", "missing-annotations", "garbage-checkpoint-no-data"]
 
 
