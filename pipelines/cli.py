@@ -71,7 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.annotations:
             raise ConfigError("--predictions needs --annotations GT.json (the ground truth to score against)")
         if args.set or args.flip:
-            raise ConfigError("--set and --flip change how a --checkpoint is decoded; a results file is scored as it is")
+            raise ConfigError("--set and --flip change how a --checkpoint is decoded; "
+                              "a results file is scored as it is")
         metrics = evaluate(args.annotations, args.predictions)
     else:
         if not (args.checkpoint and args.data):

@@ -27,7 +27,8 @@ def run_demo(storage: str = "runs/demo", fresh: bool = False, print_fn=print) ->
     resume = folder.exists()  # a demo interrupted earlier picks up where it stopped
     grid = run_sweep(sweep, storage=storage, resume=resume)
     failed = [r for r in grid if r.error]
-    report = build_report(sweep.overrides["tracking.experiment"], metric=sweep.metric, mode=sweep.mode, rows=("loss.box",))
+    report = build_report(sweep.overrides["tracking.experiment"], metric=sweep.metric, mode=sweep.mode,
+                          rows=("loss.box",))
     paths = write_report(report, Path(storage) / f"{sweep.name}_report")
     print_fn(report.to_markdown())
     print_fn("report files: " + ", ".join(str(p) for p in paths.values()))

@@ -137,7 +137,8 @@ class Report:
             status = t.status + _uncounted_reason(t)
             epoch = "—" if t.epoch is None else f"{t.epoch:g}"
             lines.append(_md_row([t.trial_id, *[t.params.get(k, "—") for k in self.swept], status, epoch,
-                                  "—" if t.step is None else str(t.step), format_metric(self.metric, t.values.get(self.metric))]))
+                                  "—" if t.step is None else str(t.step),
+                                  format_metric(self.metric, t.values.get(self.metric))]))
         return "\n".join(lines)
 
     def to_markdown(self) -> str:

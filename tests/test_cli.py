@@ -147,8 +147,8 @@ def test_eval_set_changes_the_checkpoints_decoding(capsys, tmp_path, cli_run, ti
     got = json.loads(results.read_text())
     assert len(got) == len(want) > 0
     assert got == json.loads(json.dumps(want))
-    rescored = json.loads(json.dumps(evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"),
-                                                    progress=False)[1]))
+    _, defaults = evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"), progress=False)
+    rescored = json.loads(json.dumps(defaults))
     assert rescored != got  # the defaults decode otherwise: the override took effect
 
 
@@ -356,8 +356,9 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
 
 USER_ERROR_IDS = ["unknown-key", "missing-config", "input-size", "resume-nothing", "resume-pipeline-nothing",
                   "missing-checkpoint", "garbage-checkpoint", "folder-as-checkpoint", "predict-missing-checkpoint",
-                  "predictions-without-annotations", "eval-set-model-key", "eval-set-on-results", "eval-nothing", "results-not-json", "results-not-a-list", "result-without-score",
-                  "result-unknown-image", "missing-annotations", "garbage-checkpoint-no-data"]
+                  "predictions-without-annotations", "eval-set-model-key", "eval-set-on-results", "eval-nothing",
+                  "results-not-json", "results-not-a-list", "result-without-score", "result-unknown-image",
+                  "missing-annotations", "garbage-checkpoint-no-data"]
 
 
 @pytest.mark.parametrize("case", range(len(USER_ERROR_IDS)), ids=USER_ERROR_IDS)
