@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pgnet.checkpoint import load_checkpoint
 from pgnet.config import Config, EvalConfig, config_from_dict
@@ -31,9 +32,8 @@ def load_for_inference(checkpoint: str | Path) -> tuple[PGNet, Config]:
     return model.eval(), cfg
 
 
-def image_record(path: Path, image_id: int) -> ImageRecord:
-    """A record with no people: what inference on a bare image file needs."""
-    image = read_image(str(path))
+def image_record(path: Path, image_id: int, image: Image.Image) -> ImageRecord:
+    """A record with no people: what inference on a bare image file (already read: `image`) needs."""
     empty = np.zeros((0, 4), np.float32)
     return ImageRecord(image_id=image_id, file=str(path), height=image.height, width=image.width,
                        boxes=empty, keypoints=np.zeros((0, 17, 3), np.float32),
@@ -70,12 +70,14 @@ def expand_images(paths: list[str | Path]) -> list[Path]:
 
 
 def drawn_file_names(paths: list[Path]) -> list[str]:
-    """`<stem>_pgnet.jpg` per image; a stem seen before (same name in another folder) gets `_2`, `_3`..."""
-    names, seen = [], {}
+    """`<stem>_pgnet.jpg` per image; a name taken before (the same stem in another folder) gets `_2`, `_3`..."""
+    names: list[str] = []
     for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        suffix = f"_{seen[path.stem]}" if seen[path.stem] > 1 else ""
-        names.append(f"{path.stem}{suffix}_pgnet.jpg")
+        name, n = f"{path.stem}_pgnet.jpg", 1
+        while name in names:
+            n += 1
+            name = f"{path.stem}_{n}_pgnet.jpg"
+        names.append(name)
     return names
 
 
@@ -92,9 +94,9 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
     paths = expand_images(images)
     for image_id, path, drawn_name in zip(image_ids(paths), paths, drawn_file_names(paths)):
         try:
-            record = image_record(path, image_id)
-            sample = make_sample(record, input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people,
-                                 augment=None, seed=0, epoch=0, train=False)
+            image = read_image(str(path))
+            sample = make_sample(image_record(path, image_id, image), input_size=tuple(cfg.data.input_size),
+                                 max_people=cfg.data.max_people, augment=None, seed=0, epoch=0, train=False)
         except BadSample as err:
             log.error("skipping %s: %s", path, err)
             failed.append(str(path))
@@ -104,7 +106,7 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
         for person in people:
             person["file_name"] = path.name
         results.extend(people)
-        drawn = draw_people(read_image(str(path)), people, score_threshold=draw_threshold)
+        drawn = draw_people(image, people, score_threshold=draw_threshold)
         drawn.save(out_dir / drawn_name, quality=92)
         log.info("%s: %d people above %.2f", path.name, sum(p["score"] >= draw_threshold for p in people),
                  draw_threshold)

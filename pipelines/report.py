@@ -269,11 +269,16 @@ def default_mode(metric: str) -> str:
     return "min" if metric == "loss" or metric.startswith("loss/") else "max"
 
 
+def _oriented(value: float, mode: str) -> float:
+    """`value` such that higher is better."""
+    return -value if mode == "min" else value
+
+
 def _rank(trial: TrialResult, metric: str, mode: str = "max") -> tuple:
-    """Higher is better: the metric (negated with mode "min"), then a finished trial over a stopped one,
+    """Higher is better: the metric (`_oriented` by mode), then a finished trial over a stopped one,
     then the earlier run."""
     value = trial.values.get(metric)
-    score = -math.inf if value is None or math.isnan(value) else (-value if mode == "min" else value)
+    score = -math.inf if value is None or math.isnan(value) else _oriented(value, mode)
     return (trial.step is not None, score, not trial.stopped_early, -trial.start_time)
 
 
@@ -416,8 +421,7 @@ def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str], mode
     if not history:
         return trial
     # the best value (highest, or lowest with mode "min"); on a tie the earlier evaluation (reached first)
-    sign = -1.0 if mode == "min" else 1.0
-    trial.step = max(history, key=lambda step: (sign * history[step], -step))
+    trial.step = max(history, key=lambda step: (_oriented(history[step], mode), -step))
     for name in wanted:
         if name == metric:
             values = history  # fetched above

@@ -25,7 +25,7 @@ from pipelines.pipeline_train import train_on_ray
 from pipelines.ray_runtime import DRIVER_CPU, check_capacity, ensure_ray
 from pipelines.sweep_config import SweepConfig
 from pipelines.tracking import (ROLE_TAG, SWEEP_TAG, TRIAL_TAG, MlflowHooks, experiment_id, log_run_artifacts,
-                                start_run, tracking_uri)
+                                reopen_tagged_run, start_run, tracking_uri)
 
 log = logging.getLogger("pgnet.sweep")
 
@@ -56,11 +56,9 @@ def run_trial(params: dict[str, Any], sweep: SweepConfig, parent_run_id: str, ur
 def trial_run_id(client: MlflowClient, cfg: Config, trial_id: str, trial_name: str, parent_run_id: str,
                  params: dict[str, Any]) -> str:
     """The trial's child run: found by its trial id when the sweep was restored, else created."""
-    exp = experiment_id(client, cfg.tracking.experiment)
-    found = client.search_runs([exp], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+    found = reopen_tagged_run(client, cfg.tracking.experiment, TRIAL_TAG, trial_id)
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+        return found.info.run_id
     swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
     return start_run(client, cfg, run_name=f"{trial_name} ({swept})", parent_run_id=parent_run_id,
                      extra_tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
@@ -140,15 +138,11 @@ def _searcher(sweep: SweepConfig):
 
 def sweep_parent_run(client: MlflowClient, sweep: SweepConfig, base: Config, storage: Path, resume: bool) -> str:
     """The sweep's MLflow parent run (reopened on --resume)."""
-    exp = experiment_id(client, base.tracking.experiment)
-    if resume:
-        found = client.search_runs([exp], filter_string=f"tags.`{SWEEP_TAG}` = '{storage / sweep.name}'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-    run_id = start_run(client, base, run_name=sweep.name, extra_tags={ROLE_TAG: "sweep",
-                                                                      SWEEP_TAG: str(storage / sweep.name)})
+    where = str(storage / sweep.name)
+    found = reopen_tagged_run(client, base.tracking.experiment, SWEEP_TAG, where) if resume else None
+    if found:
+        return found.info.run_id
+    run_id = start_run(client, base, run_name=sweep.name, extra_tags={ROLE_TAG: "sweep", SWEEP_TAG: where})
     client.log_param(run_id, "sweep.file", sweep.source)
     client.log_param(run_id, "sweep.trials", sweep.total_trials())
     return run_id

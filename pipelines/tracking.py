@@ -195,26 +195,34 @@ def render_predictions_png(run_dir: Path, path: Path) -> Path | None:
     return predictions_grid(pairs, path, cols=4) if pairs else None
 
 
+def reopen_tagged_run(client: MlflowClient, experiment: str, tag: str, value: str):
+    """The newest run of `experiment` whose `tag` is `value`, set RUNNING again; None if there is none.
+    How a resumed run, trial or sweep goes on in its own MLflow run."""
+    quote = '"' if "'" in value else "'"
+    found = client.search_runs([experiment_id(client, experiment)],
+                               filter_string=f"tags.`{tag}` = {quote}{value}{quote}",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        return None
+    client.update_run(found[0].info.run_id, status="RUNNING")
+    return found[0]
+
+
 def reopen_run(client: MlflowClient, cfg: Config, run_dir: str) -> str | None:
-    """The newest MLflow run of `run_dir` in the config's experiment, set RUNNING again; None if there is none.
+    """The MLflow run of the `pgnet train` run in `run_dir`, reopened (`reopen_tagged_run`); None if there is none.
 
     Its params stay those of its start (MLflow params cannot change): a resume with other
     `train.epochs` is noted in the tag `pgnet.resumed_with`."""
-    exp = experiment_id(client, cfg.tracking.experiment)
-    quote = '"' if "'" in run_dir else "'"
-    found = client.search_runs([exp], filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{run_dir}{quote}",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    if not found:
+    run = reopen_tagged_run(client, cfg.tracking.experiment, RUN_DIR_TAG, run_dir)
+    if run is None:
         log.warning("no MLflow run of %s in experiment %r: the resumed run gets a new one", run_dir,
                     cfg.tracking.experiment)
         return None
-    run = found[0]
     changed = {k: _param_text(v) for k, v in cfg.flat().items()
                if k in run.data.params and run.data.params[k] != _param_text(v)}
     if changed:
         resumed_with = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
         client.set_tag(run.info.run_id, "pgnet.resumed_with", resumed_with[:5000])
-    client.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
 
 

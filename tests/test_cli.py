@@ -196,8 +196,9 @@ def test_predict_image_ids(names, ids):
 
 
 def test_predict_keeps_images_of_the_same_name_apart(tmp_path):
-    paths = [Path("a/000000000785.jpg"), Path("b/000000000785.png"), Path("c/photo.jpg")]
-    assert drawn_file_names(paths) == ["000000000785_pgnet.jpg", "000000000785_2_pgnet.jpg", "photo_pgnet.jpg"]
+    paths = [Path("a/000000000785.jpg"), Path("b/000000000785.png"), Path("c/photo.jpg"), Path("000000000785_2.jpg")]
+    assert drawn_file_names(paths) == ["000000000785_pgnet.jpg", "000000000785_2_pgnet.jpg", "photo_pgnet.jpg",
+                                       "000000000785_2_2_pgnet.jpg"]  # its own name was taken by the second
 
 
 def test_predict_on_a_folder_without_images_is_a_user_error(capsys, tmp_path, cli_run):
