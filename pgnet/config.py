@@ -128,6 +128,7 @@ class EvalConfig:
     flip_test: bool = False
     rescore: bool = True  # a person's score: centre peak x mean key-point confidence (false: the centre peak)
     snap_score_weight: float = 1.0  # key-point snapping: a peak's score against its distance (0: the nearest peak)
+    snap_box_margin: float = 0.25  # snapping: the box widened by this x its size on each side (0: the box)
     top_k: int = 32
     score_threshold: float = 0.05
     batch_size: int = 16

@@ -310,6 +310,21 @@ def test_snapping_weighs_a_peaks_score_against_its_distance(weight, strong_at, w
     assert_close(torch.from_numpy(nose[:2]), torch.tensor(want))
 
 
+@pytest.mark.parametrize("margin, peak, snapped", [
+    (0.0, (4.25, 6.0), False),  # x1 = 5: outside CenterNet's box
+    (0.25, (4.25, 6.0), True),  # the box widened by 0.25 x 10 = 2.5 on each side: x1 = 2.5
+    (0.0, (8.5, 0.5), False),  # y1 = 2
+    (0.25, (8.5, 0.5), True),  # ... and by 0.25 x 20 = 5 above and below: y1 = -3
+    (0.25, (2.25, 6.0), False),  # 5.75 from (8, 6), within 0.3 x 20, but left of the widened box (x1 = 2.5)
+    (0.25, (13.875, 6.0), True),  # inside either box, as without a margin
+])
+def test_snapping_box_margin_widens_the_box_not_the_distance_limit(margin, peak, snapped):
+    det = decode_outputs(outputs_with_one_person(peak), top_k=4, kp_threshold=0.1, snap_box_margin=margin)[0]
+    assert_close(torch.from_numpy(det["boxes"][0]), torch.tensor([5.0, 2.0, 15.0, 22.0]))  # the box is unchanged
+    want = [peak[0], peak[1]] if snapped else [8.0, 6.0]
+    assert_close(torch.from_numpy(det["keypoints"][0, 0, :2]), torch.tensor(want))
+
+
 def test_weak_peaks_are_not_snapped():
     det = decode_outputs(outputs_with_one_person((9.25, 7.5), peak_score=0.05), kp_threshold=0.1)[0]
     assert_close(torch.from_numpy(det["keypoints"][0, 0, :2]), torch.tensor([8.0, 6.0]))

@@ -40,14 +40,16 @@ def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
 
 @torch.no_grad()
 def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1,
-                   rescore: bool = False, snap_score_weight: float = 0.0) -> list[dict]:
+                   rescore: bool = False, snap_score_weight: float = 0.0,
+                   snap_box_margin: float = 0.0) -> list[dict]:
     """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
 
     Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
     confidence, sorted by score. Centres are the top-k local maxima of sigmoid(hm); boxes come
     from `wh` and `reg`; key points are regressed from the integer centre (`kps`) and snapped to
     a peak of sigmoid(hm_hp) (+ `hp_offset`): of the peaks scoring above `kp_threshold` that lie
-    inside the box and within 0.3 x the box's longer side L of the regressed point, the one
+    inside the box (widened by `snap_box_margin` x its width and height on every side; 0 is
+    CenterNet's box) and within 0.3 x the box's longer side L of the regressed point, the one
     minimising d / L - w * s (d: its distance to the regressed point, s: its score, w:
     `snap_score_weight`). w = 0 takes the nearest such peak (CenterNet), w > 0 lets a stronger
     peak win over a nearer, weaker one. A snapped key point's confidence is its peak score; an
@@ -67,7 +69,7 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     kps = kps + torch.stack([xs, ys], dim=-1).unsqueeze(2)  # offsets are from the integer centre
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
-    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight)
+    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight, snap_box_margin)
     centre_scores = scores
     if rescore:
         rescored = scores * keypoints[..., 2].mean(-1)
@@ -81,7 +83,7 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
 
 
 def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_k: int,
-                    threshold: float, score_weight: float = 0.0) -> Tensor:
+                    threshold: float, score_weight: float = 0.0, box_margin: float = 0.0) -> Tensor:
     """(B, K, J, 3) key points: regressed ones `kps` (B, K, J, 2) replaced by near heatmap peaks."""
     hm_hp = torch.sigmoid(outputs["hm_hp"].float())
     b, joints, h, w = hm_hp.shape
@@ -93,6 +95,8 @@ def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_
     dist = (kps.unsqueeze(3) - peaks.unsqueeze(1)).norm(dim=-1)  # (B, K, J, P)
     x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # (B, K, 1, 1)
     side = torch.maximum(x2 - x1, y2 - y1)
+    margin_x, margin_y = box_margin * (x2 - x1), box_margin * (y2 - y1)
+    x1, x2, y1, y2 = x1 - margin_x, x2 + margin_x, y1 - margin_y, y2 + margin_y
     px, py = peaks[..., 0].unsqueeze(1), peaks[..., 1].unsqueeze(1)  # (B, 1, J, P)
     candidate = (peak_scores > threshold).unsqueeze(1) & (dist <= SNAP_DISTANCE * side) \
         & (px >= x1) & (px <= x2) & (py >= y1) & (py <= y2)  # (B, K, J, P)
@@ -183,19 +187,20 @@ def detections_to_coco(detections: dict, image_id: int, score_threshold: float =
 def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor, *,
                  flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
                  kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE,
-                 rescore: bool = False, snap_score_weight: float = 0.0) -> list[dict]:
+                 rescore: bool = False, snap_score_weight: float = 0.0,
+                 snap_box_margin: float = 0.0) -> list[dict]:
     """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
 
     `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
-    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore` and
-    `snap_score_weight`: see `decode_outputs`.
+    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore`,
+    `snap_score_weight` and `snap_box_margin`: see `decode_outputs`.
     """
     if flipped_outputs is not None:
         outputs = flip_merge(outputs, flipped_outputs)
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight)
+    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight, snap_box_margin)
     for det, image_id, inv in zip(detections, image_ids, inv_affines):
         results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
     return results
