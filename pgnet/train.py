@@ -27,7 +27,7 @@ from pgnet.config import Config, config_from_dict, save_config
 from pgnet.data.dataset import CocoKeypoints, collate_samples
 from pgnet.data.order import epoch_batches, steps_per_epoch
 from pgnet.data.source import resolve_data_root
-from pgnet.engine import evaluate_model, resolve_device, to_device
+from pgnet.engine import evaluate_model, resolve_device, set_memory_format, to_device
 from pgnet.losses import PGNetLoss
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.models import PGNet, build_model
@@ -157,7 +157,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     train_set, val_set = training_datasets(cfg, progress)
     steps = total_steps(cfg, len(train_set))
 
-    model = seeded_model(cfg).to(device)
+    model = set_memory_format(seeded_model(cfg).to(device), cfg.train.channels_last)
     criterion = PGNetLoss(cfg.loss, guidance=cfg.model.guidance)
     optimizer = build_optimizer(cfg.optim, model.named_parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, steps)

@@ -16,6 +16,7 @@ from torch.distributed.pipelining import PipelineStage
 
 from pgnet.codec.targets import empty_targets, output_size
 from pgnet.config import Config
+from pgnet.engine import set_memory_format
 from pgnet.losses import PGNetLoss
 from pgnet.models import PGNet, set_sync_bn_group
 from pgnet.optim import align_lr, build_optimizer, build_scheduler
@@ -62,7 +63,8 @@ class PipelineRunner:
         self.virtual = virtual_stages(p.schedule, p.virtual_stages)
         self.pieces = stage_indices(topo.stage, topo.stages, self.virtual)
         num_pieces = topo.stages * self.virtual
-        self.modules: list[StageModule] = [m.to(device) for m in build_stage_modules(model, balance, self.pieces)]
+        self.modules: list[StageModule] = [set_memory_format(m.to(device), cfg.train.channels_last)
+                                           for m in build_stage_modules(model, balance, self.pieces)]
         for module in self.modules:
             set_sync_bn_group(module, groups.data_parallel)
         self.holds_loss = (num_pieces - 1) in self.pieces

@@ -36,7 +36,8 @@ class StageModule(nn.Module):
         bus = tuple(_ContiguousGrad.apply(t) if t.requires_grad else t for t in bus)
         for unit in self.units:
             bus = unit(*bus)
-        return bus
+        # The bus goes to another worker: send contiguous buffers (channels-last activations are not).
+        return tuple(t.contiguous() for t in bus)
 
     def named_model_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters under the full model's names (`backbone.layer1.0.conv1.weight`, ...)."""

@@ -45,7 +45,8 @@ def test_gaussian_2d_is_the_sampled_gaussian(radius):
     sigma = (2 * radius + 1) / 6
     ref = np.array([[math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
                      for dx in range(-radius, radius + 1)] for dy in range(-radius, radius + 1)])
-    assert_close(torch.from_numpy(gaussian_2d(radius)), torch.from_numpy(ref), rtol=0, atol=1e-15)
+    assert_close(torch.from_numpy(gaussian_2d(radius).copy()), torch.from_numpy(ref), rtol=0, atol=1e-15)
+    assert not gaussian_2d(radius).flags.writeable  # cached and shared: nobody may change it
     assert gaussian_2d(radius)[radius, radius] == 1.0
 
 

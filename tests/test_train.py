@@ -176,6 +176,20 @@ def test_same_seed_same_losses_other_seed_other_losses(trained, make_config, tmp
     assert all(a != b for a, b in zip(losses(other), losses(reference)))
 
 
+def test_channels_last_trains_the_same_model(trained, make_config):
+    """NHWC changes the order of float sums only: the same losses to float tolerance. (Weights are not
+    compared: AdamW turns a near-zero gradient's float noise into a full step of either sign.) Its
+    checkpoint loads into a model of the default layout."""
+    reference_dir, _ = trained(*TWO_EPOCHS)
+    run_dir, _ = trained(*TWO_EPOCHS, "train.channels_last=true")
+    got, want = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference_dir / "metrics.jsonl")
+    assert losses(got) == pytest.approx(losses(want), rel=1e-3)
+    weights = load(run_dir / "checkpoint_last.pt")["model"]
+    stem = next(v for k, v in weights.items() if v.dim() == 4)
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()  # it was NHWC
+    build_model(make_config().model).load_state_dict(weights)
+
+
 # --- resume --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("interrupt", [InterruptAt(epoch_checkpoint=1), InterruptAt(step=6)],

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,13 +36,15 @@ def heatmap_radius(height: float, width: float) -> int:
     return max(0, int(gaussian_radius(math.ceil(height), math.ceil(width))))
 
 
+@functools.lru_cache(maxsize=256)
 def gaussian_2d(radius: int) -> np.ndarray:
-    """A (2r+1, 2r+1) Gaussian with sigma = diameter / 6 and value 1 at its centre."""
+    """A (2r+1, 2r+1) Gaussian with sigma = diameter / 6 and value 1 at its centre (cached: read-only)."""
     diameter = 2 * radius + 1
     sigma = diameter / 6
     y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
     g = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
     g[g < np.finfo(g.dtype).eps * g.max()] = 0  # CenterNet cuts the float-noise tail
+    g.flags.writeable = False
     return g
 
 

@@ -45,15 +45,18 @@ def assert_same_parameters(got: dict[str, torch.Tensor], want: dict[str, torch.T
     assert (diff / norm).item() < 1e-4  # whole-model relative difference
 
 
-# S=2 1F1B runs below, with its cut between the heads.
-@pytest.mark.parametrize("stages,schedule", [
-    (2, "gpipe"), (3, "gpipe"),
-    (1, "1f1b"), (3, "1f1b"),
-    (1, "interleaved_1f1b"), (2, "interleaved_1f1b"), (3, "interleaved_1f1b"),
+# S=2 1F1B runs below, with its cut between the heads. One run keeps its stages channels-last (NHWC):
+# their activations cross to the next worker as contiguous buffers, and it still matches the reference.
+@pytest.mark.parametrize("stages,schedule,channels_last", [
+    (2, "gpipe", False), (3, "gpipe", True),
+    (1, "1f1b", False), (3, "1f1b", False),
+    (1, "interleaved_1f1b", False), (2, "interleaved_1f1b", False), (3, "interleaved_1f1b", False),
 ])
-def test_pipeline_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path, stages, schedule):
+def test_pipeline_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path, stages, schedule,
+                                         channels_last):
     reference, reference_dir = reference_run()
-    cfg = tiny_config(synthetic_dir, f"pipeline.stages={stages}", f"pipeline.schedule={schedule}")
+    cfg = tiny_config(synthetic_dir, f"pipeline.stages={stages}", f"pipeline.schedule={schedule}",
+                      f"train.channels_last={channels_last}")
     summary = train_on_ray(cfg, tmp_path)
     assert summary["step"] == 3
     assert_same_records(read_jsonl(tmp_path / "metrics.jsonl"), reference)
