@@ -122,7 +122,10 @@ def test_eval_checkpoint_equals_the_trainers_evaluation(capsys, tmp_path, cli_ru
     assert code == 0
     metrics = json.loads(out.read_text())
     trainer = read_jsonl(cli_run / "evaluations.jsonl")[-1]
-    assert {k: metrics[k] for k in metric_names()} == {k: trainer[k] for k in metric_names()}
+    # This barely trained model's centre heatmap is nearly flat: which of its equal-looking people
+    # fill the last top-k slots can turn on float noise: it moved box AP50 by 1.7e-4 in one run.
+    assert {k: metrics[k] for k in metric_names()} == pytest.approx({k: trainer[k] for k in metric_names()},
+                                                                    abs=1e-3, rel=0)
     assert metrics["eval/images"] == 4
     assert "Boxes (IoU)" in stdout
     assert evaluate(tiny_data / "annotations/person_keypoints_val2017.json", results) == \

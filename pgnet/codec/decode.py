@@ -73,7 +73,7 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     centre_scores = scores
     if rescore:
         rescored = scores * keypoints[..., 2].mean(-1)
-        order = rescored.argsort(dim=1, descending=True)
+        order = rescored.argsort(dim=1, descending=True, stable=True)  # ties keep the centre-peak order
         scores, centre_scores = rescored.gather(1, order), centre_scores.gather(1, order)
         boxes = boxes.gather(1, order[..., None].expand_as(boxes))
         keypoints = keypoints.gather(1, order[..., None, None].expand_as(keypoints))
