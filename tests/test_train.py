@@ -185,7 +185,7 @@ def test_channels_last_trains_the_same_model(trained, make_config):
     got, want = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference_dir / "metrics.jsonl")
     assert losses(got) == pytest.approx(losses(want), rel=1e-3)
     weights = load(run_dir / "checkpoint_last.pt")["model"]
-    stem = next(v for k, v in weights.items() if v.dim() == 4)
+    stem = next(v for v in weights.values() if v.dim() == 4)
     assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()  # it was NHWC
     build_model(make_config().model).load_state_dict(weights)
 
