@@ -23,6 +23,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("bn", "gn", "syncbn", "cbn", "frozenbn")
 BOX_LOSSES = ("iou", "giou", "diou", "ciou", "cdiou")
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -122,6 +123,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0: torch's default
     device: str = "auto"  # auto | cpu | cuda
     channels_last: bool = False  # NHWC layout for convolutions: about 9% faster training steps on this CPU
+    precision: str = "fp32"  # fp32 | bf16: bfloat16 autocast of the forward pass, float32 weights and losses
 
 
 @dataclass
@@ -192,6 +194,7 @@ class Config:
             ("optim.schedule", self.optim.schedule, ("cosine", "step", "constant")),
             ("pipeline.schedule", self.pipeline.schedule, SCHEDULES),
             ("train.device", self.train.device, ("auto", "cpu", "cuda")),
+            ("train.precision", self.train.precision, PRECISIONS),
         ]
         for key, value, allowed in checks:
             if value not in allowed:

@@ -5,6 +5,7 @@ to image pixels and scores them with pycocotools (`pgnet.evaluation`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -42,6 +43,13 @@ def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
     convolutions then compute in NHWC whatever the input's layout (oneDNN and cuDNN run faster so),
     and their outputs are NHWC too."""
     return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The training forward pass's precision (`train.precision`): `bf16` computes convolutions in
+    bfloat16 (AMX / AVX-512 BF16 on recent CPUs, tensor cores on GPUs); weights, optimiser state, the
+    heads' output convs and the losses stay float32. Evaluation always runs in float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from pgnet.config import Config, config_from_dict, save_config
 from pgnet.data.dataset import CocoKeypoints, collate_samples
 from pgnet.data.order import epoch_batches, steps_per_epoch
 from pgnet.data.source import resolve_data_root
-from pgnet.engine import evaluate_model, resolve_device, set_memory_format, to_device
+from pgnet.engine import autocast, evaluate_model, resolve_device, set_memory_format, to_device
 from pgnet.losses import PGNetLoss
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.models import PGNet, build_model
@@ -187,7 +187,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if len(images) == 0:
                 continue
             images, targets = images.to(device), to_device(targets, device)
-            loss, terms = criterion(model(images), targets)
+            with autocast(cfg.train.precision, device):
+                outputs = model(images)
+            loss, terms = criterion(outputs, targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {state.step + 1}; lower optim.lr "
                                          "or check the data (the last metrics.jsonl record shows the terms)")

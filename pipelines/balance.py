@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pgnet.engine import autocast, set_memory_format
 from pgnet.models import PGNet
 
 
@@ -21,25 +22,28 @@ class UnitCost:
     param_mb: float
 
 
-def measure_unit_costs(model: PGNet, input_size: tuple[int, int], microbatch: int,
-                       repeats: int = 3) -> list[UnitCost]:
-    """Per unit, the median forward+backward time on a random micro-batch, and its memory."""
-    model.train()
+def measure_unit_costs(model: PGNet, input_size: tuple[int, int], microbatch: int, repeats: int = 3,
+                       channels_last: bool = False, precision: str = "fp32") -> list[UnitCost]:
+    """Per unit, the median forward+backward time on a random micro-batch, and its memory; computed as the
+    stages will (`train.channels_last`, `train.precision`: NHWC and bfloat16 change the units' shares)."""
+    model = set_memory_format(model, channels_last).train()
     bus: tuple[torch.Tensor, ...] = (torch.randn(microbatch, 3, *input_size),)
+    device = bus[0].device
     costs = []
     for unit in model.units():
         inputs = tuple(t.detach().requires_grad_(True) for t in bus)
         times = []
         for _ in range(repeats + 1):  # the first call warms up allocations
             start = time.perf_counter()
-            out = unit(*inputs)
+            with autocast(precision, device):
+                out = unit(*inputs)
             torch.autograd.backward(out, [torch.ones_like(o) for o in out])
             times.append(time.perf_counter() - start)
         unit.module.zero_grad(set_to_none=True)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             bus = unit(*inputs)
         params = sum(p.numel() * p.element_size() for p in unit.module.parameters())
-        acts = sum(t.numel() * t.element_size() for t in bus)
+        acts = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in bus)  # sent as float32
         costs.append(UnitCost(unit.name, sorted(times[1:])[len(times[1:]) // 2], acts / 2**20, params / 2**20))
     return costs
 

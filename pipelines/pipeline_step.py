@@ -64,7 +64,7 @@ class PipelineRunner:
         self.pieces = stage_indices(topo.stage, topo.stages, self.virtual)
         num_pieces = topo.stages * self.virtual
         self.modules: list[StageModule] = [set_memory_format(m.to(device), cfg.train.channels_last)
-                                           for m in build_stage_modules(model, balance, self.pieces)]
+                                           for m in build_stage_modules(model, balance, self.pieces, cfg.train.precision)]
         for module in self.modules:
             set_sync_bn_group(module, groups.data_parallel)
         self.holds_loss = (num_pieces - 1) in self.pieces

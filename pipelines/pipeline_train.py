@@ -45,7 +45,8 @@ def choose_balance(cfg: Config, run_dir: Path | None = None, print_fn=print) -> 
         print_fn(f"stage balance: one stage holds all {units} units")
         return [units]
     microbatch = cfg.train.batch_size // cfg.pipeline.data_parallel // cfg.pipeline.microbatches
-    costs = measure_unit_costs(model, tuple(cfg.data.input_size), max(1, microbatch))
+    costs = measure_unit_costs(model, tuple(cfg.data.input_size), max(1, microbatch),
+                               channels_last=cfg.train.channels_last, precision=cfg.train.precision)
     balance = list(cfg.pipeline.balance) if cfg.pipeline.balance else partition([c.seconds for c in costs], pieces)
     if len(balance) != pieces:
         raise ValueError(f"pipeline.balance has {len(balance)} entries but the run needs {pieces} "

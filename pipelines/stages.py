@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pgnet.engine import autocast
 from pgnet.models import PGNet, Unit
 
 
@@ -26,18 +27,22 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 class StageModule(nn.Module):
-    """Consecutive units; takes and returns the bus (a tuple of tensors)."""
+    """Consecutive units; takes and returns the bus (a tuple of tensors). `precision` is
+    `train.precision`: with `bf16` the units run under bfloat16 autocast, as in one process."""
 
-    def __init__(self, units: Sequence[Unit]):
+    def __init__(self, units: Sequence[Unit], precision: str = "fp32"):
         super().__init__()
         self.units = nn.ModuleList(units)
+        self.precision = precision
 
     def forward(self, *bus: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bus = tuple(_ContiguousGrad.apply(t) if t.requires_grad else t for t in bus)
-        for unit in self.units:
-            bus = unit(*bus)
-        # The bus goes to another worker: send contiguous buffers (channels-last activations are not).
-        return tuple(t.contiguous() for t in bus)
+        with autocast(self.precision, bus[0].device):
+            for unit in self.units:
+                bus = unit(*bus)
+        # The bus goes to another worker: contiguous float32 buffers (channels-last activations are not
+        # contiguous; bfloat16 ones would not match the buffers the schedule allocates), exact for bf16.
+        return tuple(t.float().contiguous() for t in bus)
 
     def named_model_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters under the full model's names (`backbone.layer1.0.conv1.weight`, ...)."""
@@ -74,9 +79,10 @@ def stage_indices(stage: int, stages: int, virtual: int) -> list[int]:
     return [stage + v * stages for v in range(virtual)]
 
 
-def build_stage_modules(model: PGNet, balance: Sequence[int], pieces: list[int]) -> list[StageModule]:
+def build_stage_modules(model: PGNet, balance: Sequence[int], pieces: list[int],
+                        precision: str = "fp32") -> list[StageModule]:
     parts = split_units(model.units(), balance)
-    return [StageModule(parts[i]) for i in pieces]
+    return [StageModule(parts[i], precision) for i in pieces]
 
 
 def merge_state(shards: list[dict[str, Any]]) -> dict[str, Any]:

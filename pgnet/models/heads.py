@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgnet.models.layers import SeparableConv
+from pgnet.models.layers import Float32Conv2d, SeparableConv
 
 NUM_KEYPOINTS = 17
 # name -> channels; the order is the order of the model's output tuple.
@@ -41,11 +41,11 @@ def _init_output(conv: nn.Conv2d, name: str) -> None:
 
 
 class Head(nn.Sequential):
-    """3x3 conv + ReLU + 1x1 conv to `out_channels` (one head per output)."""
+    """3x3 conv + ReLU + 1x1 conv to `out_channels` (one head per output; the output conv in float32)."""
 
     def __init__(self, in_channels: int, channels: int, out_channels: int, name: str):
         super().__init__(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(channels, out_channels, 1))
+                         Float32Conv2d(channels, out_channels, 1))
         _init_output(self[2], name)
 
 
@@ -73,7 +73,7 @@ class GuidanceHead(nn.Module):
     def __init__(self, in_channels: int, norm_layer: Callable[[int], nn.Module]):
         super().__init__()
         self.refine = SeparableConv(in_channels, in_channels, norm_layer)
-        self.predict = nn.ModuleDict({name: nn.Conv2d(in_channels, out, 1)
+        self.predict = nn.ModuleDict({name: Float32Conv2d(in_channels, out, 1)
                                       for name, out in GUIDANCE_OUTPUTS.items()})
         for name, conv in self.predict.items():
             _init_output(conv, name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 
@@ -29,3 +30,12 @@ class SeparableConv(nn.Sequential):
         super().__init__()
         self.depthwise = ConvNormAct(in_channels, in_channels, 3, norm_layer, groups=in_channels)
         self.pointwise = ConvNormAct(in_channels, out_channels, 1, norm_layer)
+
+
+class Float32Conv2d(nn.Conv2d):
+    """A conv computed in float32 even under bfloat16 autocast (`train.precision: bf16`): the heads'
+    output layers, whose regressed offsets (tens of output pixels) bfloat16 would round to 1/8 pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())

@@ -22,13 +22,15 @@ pytestmark = pytest.mark.ray
 STEP_FIELDS = ("step", "epoch")
 
 
-def assert_same_records(pipeline: list[dict], reference: list[dict]) -> None:
+def assert_same_records(pipeline: list[dict], reference: list[dict], rel: float = 1e-4) -> None:
+    """Per step, the same loss terms and LR; the first step (same weights) always to 1e-4, later ones to `rel`."""
     assert [tuple(r[k] for k in STEP_FIELDS) for r in pipeline] == [tuple(r[k] for k in STEP_FIELDS) for r in reference]
     for got, want in zip(pipeline, reference):
         assert set(got) == set(want)
+        tolerance = 1e-4 if got["step"] == 1 else rel
         for key in want:
             if key.startswith("loss") or key == "lr":
-                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (got["step"], key)
+                assert got[key] == pytest.approx(want[key], rel=tolerance, abs=1e-6), (got["step"], key)
 
 
 def model_state_of(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -38,30 +40,33 @@ def model_state_of(run_dir: Path) -> dict[str, torch.Tensor]:
     return model
 
 
-def assert_same_parameters(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+def assert_same_parameters(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], rel: float = 1e-4) -> None:
     assert set(got) == set(want)
     diff = torch.sqrt(sum(((got[k].double() - want[k].double()) ** 2).sum() for k in want if want[k].is_floating_point()))
     norm = torch.sqrt(sum((want[k].double() ** 2).sum() for k in want if want[k].is_floating_point()))
-    assert (diff / norm).item() < 1e-4  # whole-model relative difference
+    assert (diff / norm).item() < rel  # whole-model relative difference
 
 
-# S=2 1F1B runs below, with its cut between the heads. One run keeps its stages channels-last (NHWC):
-# their activations cross to the next worker as contiguous buffers, and it still matches the reference.
-@pytest.mark.parametrize("stages,schedule,channels_last", [
-    (2, "gpipe", False), (3, "gpipe", True),
-    (1, "1f1b", False), (3, "1f1b", False),
-    (1, "interleaved_1f1b", False), (2, "interleaved_1f1b", False), (3, "interleaved_1f1b", False),
-])
+# S=2 1F1B runs below, with its cut between the heads. `extra` overrides go to the pipeline run and its
+# single-process reference alike. NHWC stages send their activations to the next worker as contiguous
+# buffers. bfloat16 stages compute under autocast and send float32 buses (the cast is exact); micro-batches
+# of 2 round differently from the reference's batch of 8 in bfloat16 (8 significant bits), so after the
+# first step (same weights: 1e-4) losses and weights agree to 5e-3 (measured: 1.9e-4 by step 2).
+@pytest.mark.parametrize("stages,schedule,extra", [
+    (2, "gpipe", ()), (3, "gpipe", ("train.channels_last=true",)),
+    (1, "1f1b", ()), (3, "1f1b", ()),
+    (1, "interleaved_1f1b", ()), (2, "interleaved_1f1b", ("train.precision=bf16",)), (3, "interleaved_1f1b", ()),
+], ids=lambda v: "-".join(v) if isinstance(v, tuple) else str(v))
 def test_pipeline_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path, stages, schedule,
-                                         channels_last):
-    reference, reference_dir = reference_run()
-    cfg = tiny_config(synthetic_dir, f"pipeline.stages={stages}", f"pipeline.schedule={schedule}",
-                      f"train.channels_last={channels_last}")
+                                         extra):
+    reference, reference_dir = reference_run(*extra)
+    cfg = tiny_config(synthetic_dir, f"pipeline.stages={stages}", f"pipeline.schedule={schedule}", *extra)
+    rel = 5e-3 if cfg.train.precision == "bf16" else 1e-4
     summary = train_on_ray(cfg, tmp_path)
     assert summary["step"] == 3
-    assert_same_records(read_jsonl(tmp_path / "metrics.jsonl"), reference)
+    assert_same_records(read_jsonl(tmp_path / "metrics.jsonl"), reference, rel)
     want = load_checkpoint(reference_dir / "checkpoint_last.pt")["model"]
-    assert_same_parameters(model_state_of(tmp_path), want)
+    assert_same_parameters(model_state_of(tmp_path), want, rel)
 
 
 def test_data_parallel_matches_single_process_on_the_union_batch(dp_run, reference_run):
