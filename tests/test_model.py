@@ -42,10 +42,14 @@ def images(batch: int = 2, height: int = 64, width: int = 96, seed: int = 1) -> 
 
 
 def reference_forward(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PGNet composed from its parts: backbone -> CFFM -> decoder -> heads, and P4 -> guidance head."""
+    """PGNet composed from its parts: backbone -> CFFM -> decoder (+ C2 with `decoder_c2`) -> heads, and
+    P4 -> guidance head."""
     c3, c4, c5 = model.backbone(x)
     p3, p4 = model.cffm(c3, c4, c5)
-    features = model.decoder(p3)
+    if model.decoder_c2:
+        features = model.decoder(p3, model.backbone.layer1(model.backbone.stem(x)))
+    else:
+        features = model.decoder(p3)
     out = model.heads(features)
     if model.guidance is not None:
         out.update(GuidanceHead.to_output_stride(model.guidance(p4), features.shape[-2:]))
@@ -141,10 +145,13 @@ def test_models_of_one_seed_are_equal_and_of_two_seeds_differ():
 
 # --- units -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("guidance", [True, False], ids=["guidance", "no-guidance"])
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
-def test_every_cut_of_the_units_equals_the_network(backbone, guidance):
-    model = small_model(backbone, "bn", guidance).eval()
+@pytest.mark.parametrize("backbone, guidance, decoder_c2", [
+    ("resnet18", True, False), ("resnet18", False, False), ("resnet50", True, False), ("resnet50", False, False),
+    ("resnet18", True, True), ("resnet50", False, True),
+])
+def test_every_cut_of_the_units_equals_the_network(backbone, guidance, decoder_c2):
+    model = small_model(backbone, "bn", guidance, decoder_c2=decoder_c2).eval()
+    assert (model.decoder.lateral2 is not None) == decoder_c2
     x = images()
     units = model.units()
     blocks = sum(len(getattr(model.backbone, f"layer{i}")) for i in range(1, 5))
@@ -171,12 +178,13 @@ def test_units_share_the_model_parameters():
     assert unit_params == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize("backbone, norm, guidance", [
-    ("resnet18", "bn", True), ("resnet18", "bn", False), ("resnet18", "cbn", True),
-    ("resnet18", "gn", True), ("resnet18", "frozenbn", False), ("resnet50", "syncbn", True),
+@pytest.mark.parametrize("backbone, norm, guidance, decoder_c2", [
+    ("resnet18", "bn", True, False), ("resnet18", "bn", False, False), ("resnet18", "cbn", True, False),
+    ("resnet18", "gn", True, False), ("resnet18", "frozenbn", False, False), ("resnet50", "syncbn", True, False),
+    ("resnet18", "cbn", True, True),
 ])
-def test_unit_shards_partition_the_state_dict(backbone, norm, guidance):
-    model = small_model(backbone, norm, guidance)
+def test_unit_shards_partition_the_state_dict(backbone, norm, guidance, decoder_c2):
+    model = small_model(backbone, norm, guidance, decoder_c2=decoder_c2)
     full = model.state_dict()
     counts = Counter(key for unit in model.units() for key in unit.shard_state())
     duplicates = [k for k, n in counts.items() if n > 1]

@@ -35,7 +35,7 @@ def build_model(cfg: ModelConfig) -> PGNet:
                            cbn_window=cfg.cbn_window, cbn_burnin=cfg.cbn_burnin)
     backbone = ResNetBackbone(cfg.backbone, make_norm)
     model = PGNet(backbone, cfg.cffm_channels, cfg.decoder_channels, cfg.head_channels,
-                  cfg.guidance, make_norm)
+                  cfg.guidance, make_norm, decoder_c2=cfg.decoder_c2)
     if cfg.norm == "cbn":
         bind_cbn_convs(model)
     if cfg.pretrained:

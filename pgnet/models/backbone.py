@@ -27,7 +27,7 @@ _RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
 
 
 class ResNetBackbone(nn.Module):
-    """C1..C5 of a torchvision ResNet; `channels` gives the widths of C3, C4, C5."""
+    """C1..C5 of a torchvision ResNet; `channels` gives the widths of C3, C4, C5, `c2_channels` that of C2."""
 
     def __init__(self, name: str, norm_layer: Callable[[int], nn.Module]):
         super().__init__()
@@ -41,6 +41,7 @@ class ResNetBackbone(nn.Module):
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
         width = 4 if name in ("resnet50", "resnet101") else 1
         self.channels = (128 * width, 256 * width, 512 * width)
+        self.c2_channels = 64 * width
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c2 = self.layer1(self.stem(x))

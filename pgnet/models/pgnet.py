@@ -48,26 +48,39 @@ class BlockUnit(Unit):
 
 
 class CFFMUnit(Unit):
-    """(C3, C4, C5) -> (P3, P4) with guidance, (P3,) without."""
+    """([C2,] C3, C4, C5) -> ([C2,] P3, P4) with guidance, ([C2,] P3) without; C2 rides along for the
+    decoder (`model.decoder_c2`)."""
 
     def __init__(self, name: str, module: nn.Module, guidance: bool):
         super().__init__(name, module)
         self.guidance = guidance
 
-    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> Bus:
+    def forward(self, *bus: torch.Tensor) -> Bus:
+        c2, (c3, c4, c5) = bus[:-3], bus[-3:]
         p3, p4 = self.module(c3, c4, c5)
-        return (p3, p4) if self.guidance else (p3,)
+        return (*c2, p3, p4) if self.guidance else (*c2, p3)
 
 
 class GuidanceUnit(Unit):
-    """(P3, P4) -> (P3, guidance maps at stride 16)."""
+    """([C2,] P3, P4) -> ([C2,] P3, guidance maps at stride 16)."""
 
-    def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> Bus:
-        return (p3, *self.module(p4))
+    def forward(self, *bus: torch.Tensor) -> Bus:
+        *kept, p4 = bus
+        return (*kept, *self.module(p4))
 
 
 class DecoderUnit(Unit):
-    def forward(self, p3: torch.Tensor, *guidance: torch.Tensor) -> Bus:
+    """([C2,] P3, *guidance maps) -> (stride-4 features, *guidance maps)."""
+
+    def __init__(self, name: str, module: nn.Module, takes_c2: bool):
+        super().__init__(name, module)
+        self.takes_c2 = takes_c2
+
+    def forward(self, *bus: torch.Tensor) -> Bus:
+        if self.takes_c2:
+            c2, p3, *guidance = bus
+            return (self.module(p3, c2), *guidance)
+        p3, *guidance = bus
         return (self.module(p3), *guidance)
 
 
@@ -98,12 +111,14 @@ class PGNet(nn.Module):
     """The whole network; `forward` returns a dict of stride-4 maps (DEVELOPERS.md)."""
 
     def __init__(self, backbone: ResNetBackbone, cffm_channels: int, decoder_channels: int,
-                 head_channels: int, guidance: bool, norm_layer):
+                 head_channels: int, guidance: bool, norm_layer, decoder_c2: bool = False):
         super().__init__()
         self.backbone = backbone
         self.cffm = CFFM(backbone.channels, cffm_channels, norm_layer)
         self.guidance = GuidanceHead(cffm_channels, norm_layer) if guidance else None
-        self.decoder = Decoder(cffm_channels, decoder_channels, norm_layer)
+        self.decoder_c2 = decoder_c2
+        self.decoder = Decoder(cffm_channels, decoder_channels, norm_layer,
+                               c2_channels=backbone.c2_channels if decoder_c2 else None)
         self.heads = DetectionHeads(decoder_channels, head_channels)
         names = tuple(DETECTION_OUTPUTS) + (tuple(GUIDANCE_OUTPUTS) if guidance else ())
         self.output_names: tuple[str, ...] = names
@@ -114,13 +129,15 @@ class PGNet(nn.Module):
         for level in ("layer1", "layer2", "layer3", "layer4"):
             layer = getattr(self.backbone, level)
             for i, block in enumerate(layer):
-                # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later.
-                keep = i == 0 and level in ("layer3", "layer4")
+                # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later, layer2
+                # from C2 when the decoder takes it.
+                kept = ("layer2", "layer3", "layer4") if self.decoder_c2 else ("layer3", "layer4")
+                keep = i == 0 and level in kept
                 units.append(BlockUnit(f"backbone.{level}.{i}", block, keep_input=keep))
         units.append(CFFMUnit("cffm", self.cffm, guidance=self.guidance is not None))
         if self.guidance is not None:
             units.append(GuidanceUnit("guidance", self.guidance))
-        units.append(DecoderUnit("decoder", self.decoder))
+        units.append(DecoderUnit("decoder", self.decoder, takes_c2=self.decoder_c2))
         guidance_maps = len(GUIDANCE_OUTPUTS) if self.guidance is not None else 0
         last = list(DETECTION_OUTPUTS)[-1]
         for name in DETECTION_OUTPUTS:

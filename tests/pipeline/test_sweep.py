@@ -31,7 +31,8 @@ def sweep_file(tmp_path: Path, synthetic_dir: Path, name: str, search_space: dic
     overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
     overrides.update({"data.synthetic_dir": str(synthetic_dir), "tracking.mlflow": True, "pipeline.stages": 2,
                       "train.max_steps": 0, "train.epochs": 2,
-                      "train.channels_last": False})  # as the smoke sweep: NHWC is slower for tiny GN models
+                      "train.channels_last": False, "train.precision": "fp32",  # as the smoke sweep
+                      "model.decoder_c2": False})
     spec = {"name": name, "base": "cpu_small", "overrides": overrides, "search_space": search_space,
             "metric": "loss", "mode": "min", "max_concurrent_trials": 2, **extra}
     path = tmp_path / f"{name}.yaml"
