@@ -24,6 +24,7 @@ NORMS = ("bn", "gn", "syncbn", "cbn", "frozenbn")
 BOX_LOSSES = ("iou", "giou", "diou", "ciou", "cdiou")
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 PRECISIONS = ("fp32", "bf16")
+KEYPOINT_REFINES = ("offset", "centroid")  # pgnet.codec.decode.peak_positions
 
 
 class ConfigError(ValueError):
@@ -135,6 +136,7 @@ class EvalConfig:
     rescore: bool = True  # a person's score: centre peak x mean key-point confidence (false: the centre peak)
     snap_score_weight: float = 1.0  # key-point snapping: a peak's score against its distance (0: the nearest peak)
     snap_box_margin: float = 0.25  # snapping: the box widened by this x its size on each side (0: the box)
+    keypoint_refine: str = "offset"  # a key-point peak's place in its cell: offset (hp_offset) | centroid (heatmap)
     top_k: int = 32
     score_threshold: float = 0.05
     batch_size: int = 16
@@ -198,6 +200,7 @@ class Config:
             ("pipeline.schedule", self.pipeline.schedule, SCHEDULES),
             ("train.device", self.train.device, ("auto", "cpu", "cuda")),
             ("train.precision", self.train.precision, PRECISIONS),
+            ("eval.keypoint_refine", self.eval.keypoint_refine, KEYPOINT_REFINES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:

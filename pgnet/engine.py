@@ -60,7 +60,8 @@ def predict_coco(model: nn.Module, images: torch.Tensor, meta: dict[str, torch.T
     flipped = model(images.flip(-1)) if cfg.flip_test else None
     return coco_results(outputs, meta["image_id"].tolist(), meta["inv_affine"], flipped_outputs=flipped,
                         top_k=cfg.top_k, score_threshold=cfg.score_threshold, rescore=cfg.rescore,
-                        snap_score_weight=cfg.snap_score_weight, snap_box_margin=cfg.snap_box_margin)
+                        snap_score_weight=cfg.snap_score_weight, snap_box_margin=cfg.snap_box_margin,
+                        keypoint_refine=cfg.keypoint_refine)
 
 
 @torch.no_grad()

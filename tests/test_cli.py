@@ -140,10 +140,11 @@ def test_eval_set_changes_the_checkpoints_decoding(capsys, tmp_path, cli_run, ti
     results = tmp_path / "results.json"
     code, _, _ = run_cli(capsys, "eval", "--checkpoint", cli_run / "checkpoint_last.pt", "--data", tiny_data,
                          "--results-out", results, "--quiet", "--set", "eval.rescore=false",
-                         "eval.snap_score_weight=0", "eval.score_threshold=0")
+                         "eval.snap_score_weight=0", "eval.score_threshold=0", "eval.keypoint_refine=centroid")
     assert code == 0
     model, cfg = load_for_inference(cli_run / "checkpoint_last.pt")
     cfg.eval.rescore, cfg.eval.snap_score_weight, cfg.eval.score_threshold = False, 0.0, 0.0
+    cfg.eval.keypoint_refine = "centroid"
     dataset = CocoKeypoints(tiny_data, VAL_SET, input_size=tuple(cfg.data.input_size),
                             max_people=cfg.data.max_people, train=False)
     _, want = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False)
@@ -153,6 +154,10 @@ def test_eval_set_changes_the_checkpoints_decoding(capsys, tmp_path, cli_run, ti
     _, defaults = evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"), progress=False)
     rescored = json.loads(json.dumps(defaults))
     assert rescored != got  # the defaults decode otherwise: the override took effect
+    cfg.eval.keypoint_refine = "offset"
+    _, by_offsets = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False)
+    assert [r["bbox"] for r in by_offsets] == [r["bbox"] for r in want]  # the same people...
+    assert [r["keypoints"] for r in by_offsets] != [r["keypoints"] for r in want]  # ...placed otherwise
 
 
 # --- predict -----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pgnet.codec import (
     gaussian_radius,
     heatmap_radius,
     oracle_outputs,
+    peak_positions,
     to_image_coords,
 )
 from pgnet.config import AugmentConfig, LossConfig
@@ -329,6 +330,65 @@ def test_snapping_box_margin_widens_the_box_not_the_distance_limit(margin, peak,
 def test_weak_peaks_are_not_snapped():
     det = decode_outputs(outputs_with_one_person((9.25, 7.5), peak_score=0.05), kp_threshold=0.1)[0]
     assert_close(torch.from_numpy(det["keypoints"][0, 0, :2]), torch.tensor([8.0, 6.0]))
+
+
+def centroid_by_loops(scores: np.ndarray, x: int, y: int) -> tuple[float, float]:
+    """The score-squared weighted mean of the 3 x 3 cell centres around (x, y), cell by cell."""
+    h, w = scores.shape
+    total = sx = sy = 0.0
+    for yy in range(y - 1, y + 2):
+        for xx in range(x - 1, x + 2):
+            if 0 <= yy < h and 0 <= xx < w:
+                weight = float(scores[yy, xx]) ** 2
+                total, sx, sy = total + weight, sx + weight * (xx + 0.5), sy + weight * (yy + 0.5)
+    return sx / total, sy / total
+
+
+def test_centroid_refinement_equals_a_cell_by_cell_computation():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.rand(2, 3, 7, 9, generator=gen, dtype=torch.float64)
+    cells = [(0, 0), (8, 6), (4, 3), (8, 0), (0, 5), (5, 6)]  # corners, edges and the inside
+    inds = torch.tensor([y * 9 + x for x, y in cells]).expand(2, 3, len(cells))
+    got = peak_positions(scores, torch.zeros(2, 2, 7, 9), inds, "centroid")
+    for b in range(2):
+        for j in range(3):
+            for p, (x, y) in enumerate(cells):
+                assert_close(tuple(got[b, j, p].tolist()), centroid_by_loops(scores[b, j].numpy(), x, y))
+
+
+def test_offset_refinement_reads_the_offset_head_at_the_peak():
+    offsets = torch.zeros(1, 2, 4, 5)
+    offsets[0, :, 2, 3] = torch.tensor([0.25, 0.75])
+    got = peak_positions(torch.rand(1, 1, 4, 5), offsets, torch.tensor([[[2 * 5 + 3, 0]]]), "offset")
+    assert_close(got, torch.tensor([[[[3.25, 2.75], [0.0, 0.0]]]]))
+
+
+@pytest.mark.parametrize("left, right, want_x", [
+    (0.5, 0.5, 4.5),  # symmetric: the peak cell's centre
+    (0.0, 0.9, 4.5 + 0.81 / (1 + 0.81)),  # pulled towards the strong right neighbour
+    (0.9, 0.3, 4.5 + (0.09 - 0.81) / (1 + 0.81 + 0.09)),
+])
+def test_centroid_refinement_moves_towards_the_stronger_neighbour(left, right, want_x):
+    scores = torch.zeros(1, 1, 5, 9, dtype=torch.float64)
+    scores[0, 0, 2, 3:6] = torch.tensor([left, 1.0, right], dtype=torch.float64)
+    got = peak_positions(scores, torch.zeros(1, 2, 5, 9), torch.tensor([[[2 * 9 + 4]]]), "centroid")
+    assert_close(got[0, 0, 0], torch.tensor([want_x, 2.5], dtype=torch.float64))
+
+
+def test_decoding_with_centroid_refinement_places_the_snapped_peak_by_the_heatmap():
+    out = outputs_with_one_person((9.25, 7.5))  # nose peak in cell (9, 7), hp_offset (0.25, 0.5) there
+    out["hm_hp"][0, 0, 7, 10] = math.log(0.6 / 0.4)  # a neighbour to the right
+    centroid = decode_outputs(out, top_k=4, kp_threshold=0.1, keypoint_refine="centroid")[0]["keypoints"][0, 0]
+    offset = decode_outputs(out, top_k=4, kp_threshold=0.1)[0]["keypoints"][0, 0]
+    assert_close(torch.from_numpy(offset[:2]), torch.tensor([9.25, 7.5]))
+    want = centroid_by_loops(torch.sigmoid(out["hm_hp"][0, 0]).numpy(), 9, 7)
+    assert_close(tuple(float(v) for v in centroid[:2]), want)
+    assert 9.5 + 0.3 < want[0] < 10 and centroid[2] == offset[2]  # same peak, same confidence
+
+
+def test_an_unknown_refinement_is_refused():
+    with pytest.raises(ValueError, match="keypoint_refine='dark' is not one of offset, centroid"):
+        decode_outputs(outputs_with_one_person((9.25, 7.5)), keypoint_refine="dark")
 
 
 @pytest.mark.parametrize("angle", [0.0, 30.0])

@@ -8,6 +8,7 @@ from pgnet.codec.decode import (
     detections_to_coco,
     flip_merge,
     heatmap_nms,
+    peak_positions,
     to_image_coords,
 )
 from pgnet.codec.gaussian import draw_gaussian, gaussian_2d, gaussian_radius, heatmap_radius
@@ -25,5 +26,5 @@ __all__ = [
     "NUM_JOINTS", "STRIDE", "TARGET_KEYS",
     "coco_results", "decode_outputs", "detections_to_coco", "draw_gaussian", "empty_targets",
     "encode_targets", "flip_merge", "gaussian_2d", "gaussian_radius", "heatmap_nms", "heatmap_radius",
-    "oracle_outputs", "output_size", "to_image_coords",
+    "oracle_outputs", "output_size", "peak_positions", "to_image_coords",
 ]

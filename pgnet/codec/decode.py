@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pgnet.codec.targets import NUM_JOINTS, STRIDE
+from pgnet.config import KEYPOINT_REFINES
 from pgnet.data.skeleton import FLIP_INDEX
 
 SNAP_DISTANCE = 0.3  # CenterNet: a heatmap peak replaces a regressed key point within 0.3 x the box's longer side
@@ -41,7 +42,7 @@ def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
 @torch.no_grad()
 def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1,
                    rescore: bool = False, snap_score_weight: float = 0.0,
-                   snap_box_margin: float = 0.0) -> list[dict]:
+                   snap_box_margin: float = 0.0, keypoint_refine: str = "offset") -> list[dict]:
     """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
 
     Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
@@ -53,7 +54,9 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     minimising d / L - w * s (d: its distance to the regressed point, s: its score, w:
     `snap_score_weight`). w = 0 takes the nearest such peak (CenterNet), w > 0 lets a stronger
     peak win over a nearer, weaker one. A snapped key point's confidence is its peak score; an
-    unsnapped one gets the key-point heatmap's value at the regressed location.
+    unsnapped one gets the key-point heatmap's value at the regressed location. `keypoint_refine`
+    places a peak inside its cell: `offset` (CenterNet: `hp_offset` read at the peak) or `centroid`
+    (the key-point heatmap around the peak; see `peak_positions`).
     A person's score is its centre peak (CenterNet); with `rescore`, times the mean confidence
     of its 17 key points, so that people whose key points were found rank first. `centre_scores`
     keeps the centre peaks (the score threshold of `detections_to_coco` applies to them: rescoring
@@ -69,7 +72,8 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     kps = kps + torch.stack([xs, ys], dim=-1).unsqueeze(2)  # offsets are from the integer centre
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
-    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight, snap_box_margin)
+    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight, snap_box_margin,
+                                keypoint_refine)
     centre_scores = scores
     if rescore:
         rescored = scores * keypoints[..., 2].mean(-1)
@@ -82,15 +86,40 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
             for i in range(b)]
 
 
+def peak_positions(hm_hp: Tensor, hp_offset: Tensor, peak_inds: Tensor, refine: str = "offset") -> Tensor:
+    """(B, J, P, 2) x, y of the key-point heatmap peaks at flat cells `peak_inds` (B, J, P).
+
+    `hm_hp` (B, J, H, W) are scores (after the sigmoid), `hp_offset` (B, 2, H, W) the offset head.
+    `offset`: the peak's cell corner plus `hp_offset` read there (CenterNet). `centroid`: the mean of
+    the centres of the 3 x 3 cells around the peak, each weighted by its score squared (cells outside
+    the map weigh 0): the heatmap's own sub-cell evidence, for runs where the offset head has not
+    learned much (cpu_small: key-point AP 0.452 against 0.426; README, "Measured").
+    """
+    if refine not in KEYPOINT_REFINES:
+        raise ValueError(f"keypoint_refine={refine!r} is not one of {', '.join(KEYPOINT_REFINES)}")
+    b, joints, h, w = hm_hp.shape
+    corner = torch.stack([peak_inds % w, torch.div(peak_inds, w, rounding_mode="floor")], dim=-1).to(hm_hp.dtype)
+    if refine == "offset":
+        offsets = gather_feature(hp_offset.float(), peak_inds.reshape(b, -1)).reshape(b, joints, -1, 2)
+        return corner + offsets
+    weight = hm_hp.reshape(b * joints, 1, h, w) ** 2
+    shifts = torch.tensor([-1.0, 0.0, 1.0], dtype=weight.dtype, device=weight.device)
+    kernels = torch.stack([torch.ones(3, 3, dtype=weight.dtype, device=weight.device),
+                           shifts.expand(3, 3), shifts[:, None].expand(3, 3)]).unsqueeze(1)  # sum, x, y
+    sums = F.conv2d(weight, kernels, padding=1).reshape(b, joints, 3, h * w)
+    at_peaks = sums.gather(3, peak_inds.unsqueeze(2).expand(b, joints, 3, peak_inds.shape[-1]))  # (B, J, 3, P)
+    shift = at_peaks[:, :, 1:] / at_peaks[:, :, :1].clamp(min=torch.finfo(weight.dtype).tiny)
+    return corner + 0.5 + shift.permute(0, 1, 3, 2)
+
+
 def _snap_keypoints(kps: Tensor, boxes: Tensor, outputs: dict[str, Tensor], top_k: int,
-                    threshold: float, score_weight: float = 0.0, box_margin: float = 0.0) -> Tensor:
+                    threshold: float, score_weight: float = 0.0, box_margin: float = 0.0,
+                    refine: str = "offset") -> Tensor:
     """(B, K, J, 3) key points: regressed ones `kps` (B, K, J, 2) replaced by near heatmap peaks."""
     hm_hp = torch.sigmoid(outputs["hm_hp"].float())
     b, joints, h, w = hm_hp.shape
-    peak_scores, peak_inds, peak_ys, peak_xs = topk_per_channel(heatmap_nms(hm_hp), top_k)  # (B, J, P)
-    offsets = gather_feature(outputs["hp_offset"].float(), peak_inds.reshape(b, -1))
-    offsets = offsets.reshape(b, joints, -1, 2)
-    peaks = torch.stack([peak_xs + offsets[..., 0], peak_ys + offsets[..., 1]], dim=-1)  # (B, J, P, 2)
+    peak_scores, peak_inds, _, _ = topk_per_channel(heatmap_nms(hm_hp), top_k)  # (B, J, P)
+    peaks = peak_positions(hm_hp, outputs["hp_offset"], peak_inds, refine)  # (B, J, P, 2)
     # distance of every regressed key point (B, K, J) to every peak of its joint (P)
     dist = (kps.unsqueeze(3) - peaks.unsqueeze(1)).norm(dim=-1)  # (B, K, J, P)
     x1, y1, x2, y2 = (boxes[..., i, None, None] for i in range(4))  # (B, K, 1, 1)
@@ -188,19 +217,20 @@ def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affin
                  flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
                  kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE,
                  rescore: bool = False, snap_score_weight: float = 0.0,
-                 snap_box_margin: float = 0.0) -> list[dict]:
+                 snap_box_margin: float = 0.0, keypoint_refine: str = "offset") -> list[dict]:
     """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
 
     `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
     outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore`,
-    `snap_score_weight` and `snap_box_margin`: see `decode_outputs`.
+    `snap_score_weight`, `snap_box_margin` and `keypoint_refine`: see `decode_outputs`.
     """
     if flipped_outputs is not None:
         outputs = flip_merge(outputs, flipped_outputs)
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight, snap_box_margin)
+    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight, snap_box_margin,
+                                keypoint_refine)
     for det, image_id, inv in zip(detections, image_ids, inv_affines):
         results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
     return results
