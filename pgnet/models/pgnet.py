@@ -72,16 +72,9 @@ class GuidanceUnit(Unit):
 class DecoderUnit(Unit):
     """([C2,] P3, *guidance maps) -> (stride-4 features, *guidance maps)."""
 
-    def __init__(self, name: str, module: nn.Module, takes_c2: bool):
-        super().__init__(name, module)
-        self.takes_c2 = takes_c2
-
     def forward(self, *bus: torch.Tensor) -> Bus:
-        if self.takes_c2:
-            c2, p3, *guidance = bus
-            return (self.module(p3, c2), *guidance)
-        p3, *guidance = bus
-        return (self.module(p3), *guidance)
+        c2, (p3, *guidance) = (bus[0], bus[1:]) if self.module.lateral2 is not None else (None, bus)
+        return (self.module(p3, c2), *guidance)
 
 
 class HeadUnit(Unit):
@@ -116,28 +109,32 @@ class PGNet(nn.Module):
         self.backbone = backbone
         self.cffm = CFFM(backbone.channels, cffm_channels, norm_layer)
         self.guidance = GuidanceHead(cffm_channels, norm_layer) if guidance else None
-        self.decoder_c2 = decoder_c2
         self.decoder = Decoder(cffm_channels, decoder_channels, norm_layer,
                                c2_channels=backbone.c2_channels if decoder_c2 else None)
         self.heads = DetectionHeads(decoder_channels, head_channels)
         names = tuple(DETECTION_OUTPUTS) + (tuple(GUIDANCE_OUTPUTS) if guidance else ())
         self.output_names: tuple[str, ...] = names
 
+    @property
+    def decoder_c2(self) -> bool:
+        """Whether the decoder takes C2 (`model.decoder_c2`), so that C2 rides the bus to it."""
+        return self.decoder.lateral2 is not None
+
     def units(self) -> list[Unit]:
         """The network as consecutive units; cut anywhere for pipeline stages."""
         units: list[Unit] = [StemUnit("backbone.stem", self.backbone.stem)]
+        # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later, layer2 from C2
+        # when the decoder takes it.
+        kept = ("layer2", "layer3", "layer4") if self.decoder_c2 else ("layer3", "layer4")
         for level in ("layer1", "layer2", "layer3", "layer4"):
             layer = getattr(self.backbone, level)
             for i, block in enumerate(layer):
-                # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later, layer2
-                # from C2 when the decoder takes it.
-                kept = ("layer2", "layer3", "layer4") if self.decoder_c2 else ("layer3", "layer4")
                 keep = i == 0 and level in kept
                 units.append(BlockUnit(f"backbone.{level}.{i}", block, keep_input=keep))
         units.append(CFFMUnit("cffm", self.cffm, guidance=self.guidance is not None))
         if self.guidance is not None:
             units.append(GuidanceUnit("guidance", self.guidance))
-        units.append(DecoderUnit("decoder", self.decoder, takes_c2=self.decoder_c2))
+        units.append(DecoderUnit("decoder", self.decoder))
         guidance_maps = len(GUIDANCE_OUTPUTS) if self.guidance is not None else 0
         last = list(DETECTION_OUTPUTS)[-1]
         for name in DETECTION_OUTPUTS:
