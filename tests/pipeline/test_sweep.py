@@ -26,10 +26,11 @@ from tests.pipeline.conftest import TINY
 pytestmark = pytest.mark.ray
 
 
-def sweep_file(tmp_path: Path, synthetic_dir: Path, name: str, search_space: dict, **extra) -> Path:
+def sweep_file(tmp_path: Path, synthetic_dir: Path, name: str, search_space: dict, stages: int = 2,
+               **extra) -> Path:
     overrides = dict(item.split("=", 1) for item in TINY)
     overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
-    overrides.update({"data.synthetic_dir": str(synthetic_dir), "tracking.mlflow": True, "pipeline.stages": 2,
+    overrides.update({"data.synthetic_dir": str(synthetic_dir), "tracking.mlflow": True, "pipeline.stages": stages,
                       "train.max_steps": 0, "train.epochs": 2,
                       "train.channels_last": False, "train.precision": "fp32",  # as the smoke sweep
                       "model.decoder_c2": False})
@@ -97,7 +98,8 @@ def test_a_crashing_trial_ends_failed_in_mlflow(local_ray, synthetic_dir, mlflow
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_running_a_trial_twice(local_ray, synthetic_dir, mlflow_store,
                                                                    tmp_path):
-    path = sweep_file(tmp_path, synthetic_dir, "resumable", {"loss.box": {"grid": ["iou", "giou"]}},
+    # one stage per trial: what is tested here is Tune's resume, and a trial on one worker starts faster
+    path = sweep_file(tmp_path, synthetic_dir, "resumable", {"loss.box": {"grid": ["iou", "giou"]}}, stages=1,
                       max_concurrent_trials=1)
     storage = tmp_path / "sweeps"
     command = [sys.executable, "-m", "pipelines.cli", "sweep", "--config", str(path), "--storage", str(storage)]
