@@ -25,6 +25,7 @@ BOX_LOSSES = ("iou", "giou", "diou", "ciou", "cdiou")
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 PRECISIONS = ("fp32", "bf16")
 KEYPOINT_REFINES = ("offset", "centroid")  # pgnet.codec.decode.peak_positions
+DATA_CACHES = ("none", "ram")  # pgnet.data.image_cache
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ class DataConfig:
     max_people: int = 32
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 0  # DataLoader worker processes (single-process trainer)
+    cache: str = "none"  # none | ram: decode each image once and keep it in memory (single-process trainer)
     max_bad_fraction: float = 0.05  # bad images tolerated (counted, logged) before failing
 
     def pin_paths(self) -> None:
@@ -200,6 +202,7 @@ class Config:
             ("pipeline.schedule", self.pipeline.schedule, SCHEDULES),
             ("train.device", self.train.device, ("auto", "cpu", "cuda")),
             ("train.precision", self.train.precision, PRECISIONS),
+            ("data.cache", self.data.cache, DATA_CACHES),
             ("eval.keypoint_refine", self.eval.keypoint_refine, KEYPOINT_REFINES),
         ]
         for key, value, allowed in checks:

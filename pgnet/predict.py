@@ -96,7 +96,8 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
         try:
             image = read_image(str(path))
             sample = make_sample(image_record(path, image_id, image), input_size=tuple(cfg.data.input_size),
-                                 max_people=cfg.data.max_people, augment=None, seed=0, epoch=0, train=False)
+                                 max_people=cfg.data.max_people, augment=None, seed=0, epoch=0, train=False,
+                                 image=image)
         except BadSample as err:
             log.error("skipping %s: %s", path, err)
             failed.append(str(path))

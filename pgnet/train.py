@@ -58,7 +58,8 @@ def seeded_model(cfg: Config) -> PGNet:
 
 def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints, CocoKeypoints]:
     root = resolve_data_root(cfg.data, progress=progress)
-    common = dict(input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed)
+    common = dict(input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed,
+                  cache=cfg.data.cache == "ram", progress=progress)
     train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
     val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
     if len(val_set) == 0:  # found now, not after the first epoch's training

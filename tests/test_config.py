@@ -204,6 +204,7 @@ def test_wrong_type_names_the_key(override, key):
     ("pipeline.schedule=zero_bubble", "pipeline.schedule"),
     ("train.device=tpu", "train.device"),
     ("eval.keypoint_refine=dark", "eval.keypoint_refine"),
+    ("data.cache=disk", "data.cache"),
 ])
 def test_invalid_choice_names_the_key_and_the_choices(override, key):
     with pytest.raises(ConfigError) as err:

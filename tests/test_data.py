@@ -35,6 +35,7 @@ from pgnet.data import (
     make_sample,
     write_synthetic_coco,
 )
+from pgnet.data.image_cache import cache_images
 from pgnet.data.transforms import AffineParams, color_jitter, transform_points, warp_image
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/coco_sample"
@@ -325,6 +326,42 @@ def test_bad_images_are_counted_skips(tmp_path, caplog, damage, reason):
     images, targets, meta, num_bad = collate_samples(samples)
     assert num_bad == 1 and images.shape == (3, 3, 64, 64)
     assert meta["image_id"].tolist() == [785, 196141, 197388]
+
+
+def test_ram_cache_gives_the_same_samples_and_still_counts_bad_images(tmp_path, caplog):
+    """`data.cache: ram` decodes once; every sample, augmented or not, equals the one read from disk, and
+    an unreadable image is skipped and counted on every pass, as without the cache."""
+    root = coco_copy(tmp_path)
+    (root / "val2017" / "000000040083.jpg").write_bytes(b"")
+    kwargs = dict(input_size=(64, 64), max_people=8, augment=AugmentConfig(), train=True, seed=3)
+    from_disk = CocoKeypoints(root, "val2017", **kwargs)
+    want = {}
+    for epoch in (0, 1):
+        from_disk.set_epoch(epoch)
+        want[epoch] = [from_disk[i] for i in range(len(from_disk))]
+    cached = CocoKeypoints(root, "val2017", cache=True, **kwargs)
+    assert sorted(cached.images) == sorted(r.image_id for r in cached.records)
+    for f in (root / "val2017").iterdir():
+        f.unlink()  # from here on, only the cache can give the images
+    for epoch in (0, 1):
+        cached.set_epoch(epoch)
+        with caplog.at_level(logging.WARNING, logger="pgnet.data"):
+            got = [cached[i] for i in range(len(cached))]
+        assert got[1] is None and cached.bad_samples == epoch + 1 and "cannot decode" in caplog.text
+        assert [g is None for g in got] == [w is None for w in want[epoch]] == [False, True, False, False]
+        for w, g in zip(want[epoch], got):
+            if g is not None:
+                assert w.keys() == g.keys() and all(np.array_equal(w[k], g[k]) for k in w)
+    assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(want[0], want[1]) if a is not None)
+
+
+def test_ram_cache_that_does_not_fit_reads_from_disk_and_says_so(records, caplog):
+    records, _ = records  # (records, fix counts)
+    needed = sum(r.height * r.width * 4 for r in records)  # PIL's RGB: 4 bytes a pixel
+    with caplog.at_level(logging.WARNING, logger="pgnet.data"):
+        assert cache_images(records, name="val2017", progress=False, available=needed) is None
+    assert "data.cache=none" in caplog.text and f"{needed / 2**30:.1f} GiB" in caplog.text
+    assert len(cache_images(records, name="val2017", progress=False, available=2 * needed)) == len(records)
 
 
 def test_image_size_must_match_the_annotation(tmp_path):

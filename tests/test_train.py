@@ -176,6 +176,14 @@ def test_same_seed_same_losses_other_seed_other_losses(trained, make_config, tmp
     assert all(a != b for a, b in zip(losses(other), losses(reference)))
 
 
+def test_ram_cache_trains_the_same_model(trained):
+    """`data.cache=ram` changes where the pixels come from, not what they are: the same losses, exactly."""
+    reference_dir, _ = trained(*TWO_EPOCHS)
+    run_dir, _ = trained(*TWO_EPOCHS, "data.cache=ram")
+    got, want = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference_dir / "metrics.jsonl")
+    assert training_columns(got) == training_columns(want)
+
+
 def test_channels_last_trains_the_same_model(trained, make_config):
     """NHWC changes the order of float sums only: the first step (same weights) has the same loss to
     float tolerance, and later ones stay within 0.5%. (AdamW turns a near-zero gradient's float noise into

@@ -115,14 +115,14 @@ def _fill_slot(targets: dict[str, np.ndarray], slot: int, box: np.ndarray, cente
     targets["mask"][slot] = 1
     targets["box"][slot] = box
     targets["reg"][slot] = center - center_int
-    for j in np.flatnonzero(labelled):
-        point_int = np.floor(points[j]).astype(np.int64)
-        targets["kps"][slot, 2 * j:2 * j + 2] = points[j] - center_int
-        targets["kps_mask"][slot, 2 * j:2 * j + 2] = 1
-        flat = slot * joints + j
-        targets["hp_ind"][flat] = point_int[1] * out_w + point_int[0]
-        targets["hp_offset"][flat] = points[j] - point_int
-        targets["hp_mask"][flat] = 1
+    j = np.flatnonzero(labelled)  # the labelled joints, all at once
+    point_int = np.floor(points[j]).astype(np.int64)
+    targets["kps"][slot].reshape(joints, 2)[j] = points[j] - center_int  # x, y of joint j at 2j, 2j + 1
+    targets["kps_mask"][slot].reshape(joints, 2)[j] = 1
+    flat = slot * joints + j
+    targets["hp_ind"][flat] = point_int[:, 1] * out_w + point_int[:, 0]
+    targets["hp_offset"][flat] = points[j] - point_int
+    targets["hp_mask"][flat] = 1
 
 
 def _ignore_crowd(weight: np.ndarray, crowd_boxes: np.ndarray) -> None:

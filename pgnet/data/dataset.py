@@ -1,6 +1,7 @@
 """COCO person key points as a torch Dataset (records + make_sample) and its batch collation.
 
 A bad image is a counted, logged skip: `__getitem__` returns None and `collate_samples` drops it.
+With `cache=True` (`data.cache: ram`) the images are decoded once, up front (`pgnet.data.image_cache`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 
 from pgnet.codec.targets import STRIDE, TARGET_KEYS
 from pgnet.config import AugmentConfig
+from pgnet.data.image_cache import cache_images
 from pgnet.data.records import load_coco_records
 from pgnet.data.sample import META_KEYS, BadSample, make_sample
 
@@ -43,7 +45,7 @@ class CocoKeypoints(Dataset):
 
     def __init__(self, root: str | Path, split: str, *, input_size: tuple[int, int] = (128, 128),
                  max_people: int = 32, augment: AugmentConfig | None = None, train: bool = False,
-                 seed: int = 0, stride: int = STRIDE):
+                 seed: int = 0, stride: int = STRIDE, cache: bool = False, progress: bool = False):
         self.annotation_file, self.image_dir = coco_paths(root, split)
         self.records, self.counts = load_coco_records(self.annotation_file, self.image_dir)
         self.input_size = tuple(input_size)
@@ -54,6 +56,7 @@ class CocoKeypoints(Dataset):
         self.stride = stride
         self.epoch = 0
         self.bad_samples = 0  # in this process; with DataLoader workers, count via collate_samples
+        self.images = cache_images(self.records, name=split, progress=progress) if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's augmentation draws (call before each epoch, as with DistributedSampler)."""
@@ -69,9 +72,12 @@ class CocoKeypoints(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray] | None:
         record = self.records[index]
         try:
+            image = self.images.get(record.image_id) if self.images is not None else None
+            if isinstance(image, BadSample):  # found when caching: skipped and counted on every pass
+                raise BadSample(image.path, image.reason)
             return make_sample(record, input_size=self.input_size, max_people=self.max_people,
                                augment=self.augment, seed=self.seed, epoch=self.epoch, train=self.train,
-                               stride=self.stride)
+                               stride=self.stride, image=image)
         except BadSample as err:
             self.bad_samples += 1
             log.warning("skipping image %d: %s", record.image_id, err)

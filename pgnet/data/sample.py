@@ -64,13 +64,14 @@ def read_image(path: str, expected_size: tuple[int, int] | None = None) -> Image
 
 def make_sample(record: ImageRecord | Mapping[str, Any], *, input_size: tuple[int, int], max_people: int,
                 augment: AugmentConfig | None, seed: int, epoch: int, train: bool,
-                stride: int = STRIDE) -> dict[str, np.ndarray]:
+                stride: int = STRIDE, image: Image.Image | None = None) -> dict[str, np.ndarray]:
     """The network input, targets (DEVELOPERS.md) and meta of one image, as numpy arrays.
 
     Training with `augment` draws scale, rotation, shift, flip and colour jitter from
     `sample_rng(seed, epoch, image_id)`; otherwise (or with `train=False`) the whole image is
     letterboxed into `input_size` (h, w). Meta: `image_id` (int64), `inv_affine` (2, 3)
-    input -> image pixels, `orig_size` (h, w), `flipped` (bool). Raises BadSample.
+    input -> image pixels, `orig_size` (h, w), `flipped` (bool). `image` is `record.file` already
+    decoded by `read_image` (`data.cache: ram`); without it the file is read. Raises BadSample.
     """
     if not isinstance(record, ImageRecord):
         record = ImageRecord.from_dict(record)
@@ -80,10 +81,12 @@ def make_sample(record: ImageRecord | Mapping[str, Any], *, input_size: tuple[in
     params = random_affine_params(rng, augment, input_size) if augmenting else AffineParams()
     matrix = affine_matrix((record.height, record.width), input_size, params)
 
-    image = warp_image(read_image(record.file, (record.height, record.width)), matrix, input_size)
+    if image is None:
+        image = read_image(record.file, (record.height, record.width))
+    pixels = warp_image(image, matrix, input_size)
     if augmenting and augment.color > 0:
-        image = color_jitter(image.astype(np.float32) / 255, rng, augment.color)
-    sample = {"image": normalize_image(image)}
+        pixels = color_jitter(pixels.astype(np.float32) / 255, rng, augment.color)
+    sample = {"image": normalize_image(pixels)}
 
     boxes = transform_boxes(xywh_to_xyxy(record.boxes), matrix, input_size)
     keypoints = transform_keypoints(record.keypoints, matrix, params.flip)

@@ -129,22 +129,30 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
     order = rng.permutation(3)
     factors = 1 + rng.uniform(-strength, strength, size=3)
     gray_weights = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
-    out = image.astype(np.float32, copy=True)
+    out = image.astype(np.float32, copy=True)  # then changed in place
     for op in order:
         alpha = np.float32(factors[op])
         if op == 0:  # brightness
-            out = out * alpha
+            out *= alpha
         elif op == 1:  # contrast: blend with the mean grey level
-            out = out * alpha + (1 - alpha) * float((out @ gray_weights).mean())
+            grey = (1 - alpha) * float((out @ gray_weights).mean())
+            out *= alpha
+            out += grey
         else:  # saturation: blend with each pixel's grey
-            out = out * alpha + (1 - alpha) * (out @ gray_weights)[..., None]
-    return np.clip(out, 0, 1)
+            grey = (1 - alpha) * (out @ gray_weights)[..., None]
+            out *= alpha
+            out += grey
+    return np.clip(out, 0, 1, out=out)
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 or [0, 1] float image -> (3, H, W) float32 with ImageNet mean/std."""
-    img = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
-    return np.ascontiguousarray(((img - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+    img = image.astype(np.float32)  # a copy, then changed in place
+    if image.dtype == np.uint8:
+        img /= 255
+    img -= IMAGENET_MEAN
+    img /= IMAGENET_STD
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
 def denormalize_image(image: np.ndarray) -> np.ndarray:
