@@ -123,6 +123,9 @@ class TrainConfig:
     batch_size: int = 16
     seed: int = 0
     max_steps: int = 0  # 0: epochs * steps_per_epoch
+    # Minutes; > 0: the run ends then, its LR schedule fitted to the steps that fit, in place of epochs and
+    # max_steps (Ultralytics' `time`; pgnet.time_budget). Not reproducible: the steps depend on the machine's speed.
+    time_limit: float = 0.0
     eval_every: int = 1  # epochs
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps between progress lines
@@ -218,9 +221,14 @@ class Config:
             raise ConfigError(f"data.synthetic.{err}") from None
         if self.train.batch_size < 1 or self.train.epochs < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
+        if self.train.time_limit < 0:
+            raise ConfigError(f"train.time_limit={self.train.time_limit} must be >= 0 (minutes; 0: no limit)")
         p = self.pipeline
         if p.stages < 0 or p.data_parallel < 1 or p.microbatches < 1:
             raise ConfigError("pipeline.stages >= 0, pipeline.data_parallel >= 1, pipeline.microbatches >= 1")
+        if p.stages >= 1 and self.train.time_limit > 0:
+            raise ConfigError("train.time_limit is for the single-process trainer (pipeline.stages=0); a pipeline "
+                              "run is planned in steps: set train.epochs or train.max_steps")
         if p.stages >= 1:
             per_replica = self.train.batch_size
             if per_replica % p.data_parallel:

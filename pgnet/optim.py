@@ -53,6 +53,13 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
 
 
+def fit_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, scheduler, step: int, total_steps: int) -> None:
+    """Re-plan a running schedule as one of `total_steps` (a resumed run, `train.time_limit`): the steps
+    after `step` follow it, the ones done keep the rates they had."""
+    scheduler.lr_lambdas = [lambda s: lr_factor(cfg, s, total_steps) for _ in optimizer.param_groups]
+    align_lr(cfg, optimizer, scheduler, step, total_steps)
+
+
 def align_lr(cfg: OptimConfig, optimizer: torch.optim.Optimizer, scheduler, step: int, total_steps: int) -> None:
     """After loading a checkpoint: the saved rates follow the saved run's schedule; the next step
     (`step` done so far) must use this run's schedule of `total_steps`, which may be longer or shorter."""

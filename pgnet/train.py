@@ -8,6 +8,9 @@ interrupted run ends exactly as an uninterrupted one.
 Resuming with other `train.epochs` / `train.max_steps` extends (or shortens) the run: the
 steps still to do follow the LR schedule of the new length, as if the run had been
 planned that long; the steps already done keep the old schedule's rates (a warning says so).
+
+With `train.time_limit` the run's length is the steps that fit in its minutes, re-estimated as it
+goes (`pgnet.time_budget`); a resumed run spends what is left of them.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -31,8 +34,9 @@ from pgnet.engine import autocast, evaluate_model, resolve_device, set_memory_fo
 from pgnet.losses import PGNetLoss
 from pgnet.metrics_log import EVALUATIONS_FILE, METRICS_FILE, JsonlLog, step_record
 from pgnet.models import PGNet, build_model
-from pgnet.optim import align_lr, build_optimizer, build_scheduler
+from pgnet.optim import build_optimizer, build_scheduler, fit_schedule
 from pgnet.progress import progress_bar
+from pgnet.time_budget import TimeBudget
 
 log = logging.getLogger("pgnet.train")
 
@@ -138,13 +142,15 @@ class RunState:
     epoch_batches_done: int = 0  # > 0: `epoch` was cut short (max_steps) after this many batches
     best: float = float("-inf")
     total_steps: int = 0  # the length the run is planned for (its LR schedule's)
+    time_used: float = 0.0  # seconds of train.time_limit spent by the end of the last epoch trained
     history: list = field(default_factory=list)
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          hooks: list | None = None) -> dict[str, Any]:
+          hooks: list | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Train and evaluate; returns the last evaluation's metrics plus `step`, `epoch` and
-    `train/skipped_images` (unreadable training images, each logged and left out of its batch)."""
+    `train/skipped_images` (unreadable training images, each logged and left out of its batch).
+    `clock` measures `train.time_limit` (seconds)."""
     hooks = hooks or []
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,23 +173,31 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     state = RunState(total_steps=steps)
     if resume:
         state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler, steps)
+        steps = state.total_steps
         metrics_log.truncate_after(state.step)
         eval_log.truncate_after(state.step)
         log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
     save_config(cfg, run_dir / "config.yaml")
 
     budget = BadSampleBudget(cfg.data.max_bad_fraction)
+    timer = TimeBudget(cfg.train.time_limit, state.step, state.time_used, clock) if cfg.train.time_limit > 0 else None
+    if timer:
+        steps = _replan(timer, cfg, optimizer, scheduler, state, steps)
     last_metrics: dict[str, float] = {}
     model.train()
     while state.step < steps:
         done = state.epoch_batches_done  # a run extended after max_steps cut its epoch short goes on with it
         epoch = state.epoch if done else state.epoch + 1
         epoch_plan = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
-        batches = epoch_plan[done:][: steps - state.step]  # max_steps may end the run mid-epoch
+        batches = epoch_plan[done:]
+        if not timer:  # max_steps may end the run mid-epoch; a time limit ends it where the time runs out
+            batches = batches[: steps - state.step]
         loader = epoch_loader(train_set, cfg, epoch, batches)
+        consumed = 0
         tick = time.perf_counter()
         bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch}", unit="step")
         for images, targets, _, num_bad in bar:
+            consumed += 1
             budget.add(len(images) + num_bad, num_bad)
             if len(images) == 0:
                 continue
@@ -208,13 +222,18 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             tick = now
             metrics_log.append(record)
             _call(hooks, "on_step", record)
+            if timer:
+                steps = _replan(timer, cfg, optimizer, scheduler, state, steps)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+                ends = {"ends_at_step": steps} if timer else {}
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", **ends)
+            if state.step >= steps:  # with a time limit, as the time runs out
+                break
         budget.check()  # the end of a pass: judge the fraction even on a data set smaller than min_seen
         if budget.bad:
             log.warning("%d of %d training images so far could not be read and were skipped", budget.bad, budget.seen)
         state.epoch = epoch
-        state.epoch_batches_done = (done + len(batches)) % len(epoch_plan)
+        state.epoch_batches_done = (done + consumed) % len(epoch_plan)
         finished = state.step >= steps
         if finished or epoch % cfg.train.eval_every == 0:
             metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress)
@@ -229,6 +248,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 write_json_atomic(results, run_dir / BEST_PREDICTIONS)
                 path = save_atomic(_checkpoint(cfg, model, optimizer, scheduler, state), run_dir / BEST_CHECKPOINT)
                 _call(hooks, "on_checkpoint", path, True)
+        if timer:
+            state.time_used = timer.used()  # what a resumed run has left to spend
         if finished or epoch % cfg.train.checkpoint_every == 0:
             path = save_atomic(_checkpoint(cfg, model, optimizer, scheduler, state), run_dir / LAST_CHECKPOINT)
             _call(hooks, "on_checkpoint", path, False)
@@ -239,7 +260,19 @@ def _checkpoint(cfg: Config, model, optimizer, scheduler, state: RunState) -> di
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
             "epoch": state.epoch, "step": state.step, "best": state.best, "total_steps": state.total_steps,
-            "epoch_batches_done": state.epoch_batches_done}
+            "epoch_batches_done": state.epoch_batches_done, "time_used": state.time_used}
+
+
+def _replan(timer: TimeBudget, cfg: Config, optimizer, scheduler, state: RunState, steps: int) -> int:
+    """The run's length by `train.time_limit` after `state.step` steps, the LR schedule fitted to it."""
+    planned = timer.plan(state.step, steps)
+    if planned != steps:
+        fit_schedule(cfg.optim, optimizer, scheduler, state.step, planned)
+        state.total_steps = planned
+    if state.step >= planned:
+        log.info("train.time_limit: %.2f of %g minutes used; the run ends at step %d",
+                 timer.used() / 60, cfg.train.time_limit, planned)
+    return planned
 
 
 def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -> RunState:
@@ -257,9 +290,11 @@ def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -
     scheduler.load_state_dict(ckpt["scheduler"])
     step = ckpt["step"]
     planned = ckpt.get("total_steps", steps)
-    if planned != steps:
+    if cfg.train.time_limit > 0:  # the saved plan, which the time left re-fits
+        steps = planned
+    elif planned != steps:
         log.warning("resuming a run planned for %d steps as one of %d (train.epochs or train.max_steps changed): "
                     "steps %d.. follow the LR schedule of a %d-step run", planned, steps, step + 1, steps)
-    align_lr(cfg.optim, optimizer, scheduler, step, steps)
+    fit_schedule(cfg.optim, optimizer, scheduler, step, steps)
     return RunState(epoch=ckpt["epoch"], step=step, best=ckpt.get("best", float("-inf")), total_steps=steps,
-                    epoch_batches_done=ckpt.get("epoch_batches_done", 0))
+                    epoch_batches_done=ckpt.get("epoch_batches_done", 0), time_used=ckpt.get("time_used", 0.0))

@@ -122,6 +122,8 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or []),
     )
+    if cfg.data.cache == "ram":
+        log.info("data.cache=ram is the single-process trainer's: here Ray Data reads the images every epoch")
     log.info("training %d steps on %d Ray Train workers (%d stages x %d replicas, %s, %d micro-batches)",
              steps, workers, cfg.pipeline.stages, cfg.pipeline.data_parallel, cfg.pipeline.schedule,
              cfg.pipeline.microbatches)

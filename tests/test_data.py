@@ -353,6 +353,9 @@ def test_ram_cache_gives_the_same_samples_and_still_counts_bad_images(tmp_path, 
             if g is not None:
                 assert w.keys() == g.keys() and all(np.array_equal(w[k], g[k]) for k in w)
     assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(want[0], want[1]) if a is not None)
+    # DataLoader workers (data.workers) are forked with the cache and need no file either
+    images, _, meta, num_bad = next(iter(DataLoader(cached, batch_size=4, collate_fn=collate_samples, num_workers=1)))
+    assert num_bad == 1 and np.array_equal(images[0].numpy(), want[1][0]["image"])
 
 
 def test_ram_cache_that_does_not_fit_reads_from_disk_and_says_so(records, caplog):
