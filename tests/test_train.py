@@ -302,7 +302,7 @@ class StepClock:
         self.now += 1.0
 
 
-TIMED = ("train.time_limit=0.5", "train.eval_every=100")  # 30 s of the step clock; train.epochs=1 plans 4 steps
+TIMED = ("train.time_limit=0.25", "train.eval_every=100")  # 15 s of the step clock; train.epochs=1 plans 4 steps
 
 
 @pytest.fixture(scope="module")
@@ -313,40 +313,40 @@ def timed_run(make_config, tmp_path_factory, one_thread):
 
 
 def test_a_time_limit_fits_the_schedule_to_the_steps_that_fit(timed_run, make_config):
-    """The run goes on past train.epochs=1 until its 30 s are up; from the first estimate (step 5) on, the
-    rates are those of a 30-step run (2 warm-up steps, then a cosine to 0), and the last evaluation and
+    """The run goes on past train.epochs=1 until its 15 s are up; from the first estimate (step 5) on, the
+    rates are those of a 15-step run (2 warm-up steps, then a cosine to 0), and the last evaluation and
     checkpoint close the run mid-epoch."""
     run_dir, summary = timed_run
     records = read_jsonl(run_dir / "metrics.jsonl")
-    assert summary["step"] == len(records) == 30 and summary["epoch"] == 8  # 7 epochs of 4 steps, then 2
+    assert summary["step"] == len(records) == 15 and summary["epoch"] == 4  # 3 epochs of 4 steps, then 3
     lr = make_config().optim.lr
-    cosine = [lr * 0.5 * (1 + math.cos(math.pi * (i - 2) / 28)) for i in range(5, 30)]
+    cosine = [lr * 0.5 * (1 + math.cos(math.pi * (i - 2) / 13)) for i in range(5, 15)]
     assert [r["lr"] for r in records[5:]] == pytest.approx(cosine, rel=1e-9, abs=1e-15)
-    assert [e["step"] for e in read_jsonl(run_dir / "evaluations.jsonl")] == [30]
+    assert [e["step"] for e in read_jsonl(run_dir / "evaluations.jsonl")] == [15]
     last = load(run_dir / "checkpoint_last.pt")
-    assert (last["total_steps"], last["epoch_batches_done"], last["time_used"]) == (30, 2, 30.0)
+    assert (last["total_steps"], last["epoch_batches_done"], last["time_used"]) == (15, 3, 15.0)
 
 
 def test_a_resumed_time_limited_run_spends_what_was_left(timed_run, make_config, tmp_path):
     reference_dir, _ = timed_run
     cfg, run_dir, clock = make_config(*TIMED), tmp_path / "run", StepClock()
     with pytest.raises(Interrupt):
-        train(cfg, run_dir, progress=False, hooks=[clock, InterruptAt(epoch_checkpoint=3)], clock=clock)
-    assert load(run_dir / "checkpoint_last.pt")["time_used"] == 12.0
+        train(cfg, run_dir, progress=False, hooks=[clock, InterruptAt(epoch_checkpoint=2)], clock=clock)
+    assert load(run_dir / "checkpoint_last.pt")["time_used"] == 8.0
     summary = train(cfg, run_dir, resume=True, progress=False, hooks=[clock], clock=clock)
-    assert summary["step"] == 30
+    assert summary["step"] == 15
     assert training_columns(read_jsonl(run_dir / "metrics.jsonl")) == \
         training_columns(read_jsonl(reference_dir / "metrics.jsonl"))
 
 
 def test_a_run_planned_in_epochs_resumed_with_a_time_limit_gets_the_whole_limit(trained, make_config, tmp_path):
-    """Its checkpoint has spent no time limit: 5 steps are measured, then the 12 s fit 12 steps in all."""
+    """Its checkpoint has spent no time limit: 5 steps are measured, then the 9 s fit 9 steps in all."""
     reference_dir, _ = trained(*TWO_EPOCHS)
     run_dir = Path(shutil.copytree(reference_dir, tmp_path / "run"))
     clock = StepClock()
-    summary = train(make_config(*TWO_EPOCHS, "train.time_limit=0.2"), run_dir, resume=True, progress=False,
+    summary = train(make_config(*TWO_EPOCHS, "train.time_limit=0.15"), run_dir, resume=True, progress=False,
                     hooks=[clock], clock=clock)
-    assert summary["step"] == 2 * STEPS_PER_EPOCH + 12 and clock.now == 12
+    assert summary["step"] == 2 * STEPS_PER_EPOCH + 9 and clock.now == 9
 
 
 def test_a_time_limit_is_for_the_single_process_trainer(make_config):
