@@ -27,8 +27,9 @@ def cache_bytes(records: Sequence[ImageRecord]) -> int:
     return sum(r.height * r.width for r in records) * BYTES_PER_PIXEL
 
 
-def available_memory() -> int:
-    """Bytes of memory the system can give without swapping (Linux `MemAvailable`, else free pages)."""
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux `MemAvailable`, else free pages);
+    None where neither can be read (macOS has no `SC_AVPHYS_PAGES`)."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -36,7 +37,10 @@ def available_memory() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def cache_images(records: Sequence[ImageRecord], *, name: str, progress: bool = True,
@@ -45,7 +49,10 @@ def cache_images(records: Sequence[ImageRecord], *, name: str, progress: bool = 
     images would take more than the memory `available` (measured when not given) allows."""
     needed = cache_bytes(records)
     available = available_memory() if available is None else available
-    if needed * (1 + SAFETY_MARGIN) > available:
+    if available is None:
+        log.warning("data.cache=ram: cannot measure the memory available here; caching %.1f GiB of images "
+                    "unchecked (set data.cache=none if that is too much)", needed / 2**30)
+    elif needed * (1 + SAFETY_MARGIN) > available:
         log.warning("data.cache=ram: the %d images of %s need %.1f GiB (%.1f GiB with a %d%% margin) but only "
                     "%.1f GiB of memory is available, so they are read from disk every epoch; free memory or "
                     "set data.cache=none to silence this", len(records), name, needed / 2**30,
