@@ -162,18 +162,17 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     else:
         check_new_run_dir(run_dir)
     train_set, val_set = training_datasets(cfg, progress)
-    steps = total_steps(cfg, len(train_set))
+    planned = total_steps(cfg, len(train_set))
 
     model = set_memory_format(seeded_model(cfg).to(device), cfg.train.channels_last)
     criterion = PGNetLoss(cfg.loss, guidance=cfg.model.guidance)
     optimizer = build_optimizer(cfg.optim, model.named_parameters())
-    scheduler = build_scheduler(cfg.optim, optimizer, steps)
+    scheduler = build_scheduler(cfg.optim, optimizer, planned)
     metrics_log, eval_log = JsonlLog(run_dir / METRICS_FILE), JsonlLog(run_dir / EVALUATIONS_FILE)
 
-    state = RunState(total_steps=steps)
+    state = RunState(total_steps=planned)
     if resume:
-        state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler, steps)
-        steps = state.total_steps
+        state = _restore(run_dir / LAST_CHECKPOINT, cfg, model, optimizer, scheduler, planned)
         metrics_log.truncate_after(state.step)
         eval_log.truncate_after(state.step)
         log.info("resumed from step %d (epoch %d)", state.step, state.epoch)
@@ -182,17 +181,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     budget = BadSampleBudget(cfg.data.max_bad_fraction)
     timer = TimeBudget(cfg.train.time_limit, state.step, state.time_used, clock) if cfg.train.time_limit > 0 else None
     if timer:
-        steps = _replan(timer, cfg, optimizer, scheduler, state, steps)
+        _replan(timer, cfg, optimizer, scheduler, state)
     last_metrics: dict[str, float] = {}
     model.train()
-    while state.step < steps:
+    while state.step < state.total_steps:
         done = state.epoch_batches_done  # a run extended after max_steps cut its epoch short goes on with it
         epoch = state.epoch if done else state.epoch + 1
         epoch_plan = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)
-        batches = epoch_plan[done:]
-        if not timer:  # max_steps may end the run mid-epoch; a time limit ends it where the time runs out
-            batches = batches[: steps - state.step]
-        loader = epoch_loader(train_set, cfg, epoch, batches)
+        loader = epoch_loader(train_set, cfg, epoch, epoch_plan[done:])
         consumed = 0
         tick = time.perf_counter()
         bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch}", unit="step")
@@ -223,18 +219,17 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             metrics_log.append(record)
             _call(hooks, "on_step", record)
             if timer:
-                steps = _replan(timer, cfg, optimizer, scheduler, state, steps)
+                _replan(timer, cfg, optimizer, scheduler, state)
             if hasattr(bar, "set_postfix"):
-                ends = {"ends_at_step": steps} if timer else {}
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", **ends)
-            if state.step >= steps:  # with a time limit, as the time runs out
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", ends_at_step=state.total_steps)
+            if state.step >= state.total_steps:  # mid-epoch if need be: max_steps, or the time limit running out
                 break
         budget.check()  # the end of a pass: judge the fraction even on a data set smaller than min_seen
         if budget.bad:
             log.warning("%d of %d training images so far could not be read and were skipped", budget.bad, budget.seen)
         state.epoch = epoch
         state.epoch_batches_done = (done + consumed) % len(epoch_plan)
-        finished = state.step >= steps
+        finished = state.step >= state.total_steps
         if finished or epoch % cfg.train.eval_every == 0:
             metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress)
             last_metrics = metrics
@@ -263,16 +258,15 @@ def _checkpoint(cfg: Config, model, optimizer, scheduler, state: RunState) -> di
             "epoch_batches_done": state.epoch_batches_done, "time_used": state.time_used}
 
 
-def _replan(timer: TimeBudget, cfg: Config, optimizer, scheduler, state: RunState, steps: int) -> int:
-    """The run's length by `train.time_limit` after `state.step` steps, the LR schedule fitted to it."""
-    planned = timer.plan(state.step, steps)
-    if planned != steps:
+def _replan(timer: TimeBudget, cfg: Config, optimizer, scheduler, state: RunState) -> None:
+    """`state.total_steps` by `train.time_limit` after `state.step` steps, the LR schedule fitted to it."""
+    planned = timer.plan(state.step, state.total_steps)
+    if planned != state.total_steps:
         fit_schedule(cfg.optim, optimizer, scheduler, state.step, planned)
         state.total_steps = planned
     if state.step >= planned:
         log.info("train.time_limit: %.2f of %g minutes used; the run ends at step %d",
                  timer.used() / 60, cfg.train.time_limit, planned)
-    return planned
 
 
 def _restore(path: Path, cfg: Config, model, optimizer, scheduler, steps: int) -> RunState:
