@@ -45,6 +45,9 @@ class ModelConfig:
     # PGNET.md's decoder (P3 alone). cpu_small's 2048 steps: key-point AP 0.433 against 0.375
     decoder_c2: bool = False
     gn_groups: int = 32
+    # On the CPU, backbone convolutions with at most 16 output positions (ResNet's last stage at 128 px) run
+    # as one matrix product (pgnet.models.small_map_conv): the same convolution, faster than oneDNN's there
+    small_map_matmul: bool = True
     cbn_window: int = 4  # k past iterations used by Cross-Iteration BN
     cbn_burnin: int = 50  # iterations before CBN starts using its window
 

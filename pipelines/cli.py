@@ -176,6 +176,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(storage=args.storage, fresh=args.fresh)
 
 
+def cmd_bench_small_maps(args: argparse.Namespace) -> int:
+    from pgnet.bench_small_maps import run_small_map_benchmark
+    run_small_map_benchmark(args.config, args.batch, args.pairs, args.threads)
+    return 0
+
+
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from pipelines.bench_pipeline import run_pipeline_benchmark
     run_pipeline_benchmark(input_size=args.input_size, batch=args.batch, steps=args.steps,
@@ -252,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-size", type=_size, default=(512, 512))
     b.add_argument("--no-compare", action="store_true", help="skip Keypoint R-CNN")
     b.set_defaults(func=cmd_bench_model)
+
+    b = bench_sub.add_parser("small-maps", help="a training step with model.small_map_matmul off and on")
+    b.add_argument("--config", default="cpu_small", help="training config (YAML, or a bundled name)")
+    b.add_argument("--batch", type=int, default=None, help="default: the config's train.batch_size")
+    b.add_argument("--pairs", type=int, default=20, help="interleaved off/on steps timed")
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=cmd_bench_small_maps)
 
     b = bench_sub.add_parser("pipeline", help="pipeline throughput: S=1 vs S=2, each schedule, M in 2/4/8")
     b.add_argument("--input-size", type=int, default=128)

@@ -33,7 +33,7 @@ def build_model(cfg: ModelConfig) -> PGNet:
     """
     make_norm = norm_layer(cfg.norm, gn_groups=cfg.gn_groups,
                            cbn_window=cfg.cbn_window, cbn_burnin=cfg.cbn_burnin)
-    backbone = ResNetBackbone(cfg.backbone, make_norm)
+    backbone = ResNetBackbone(cfg.backbone, make_norm, small_map_matmul=cfg.small_map_matmul)
     model = PGNet(backbone, cfg.cffm_channels, cfg.decoder_channels, cfg.head_channels,
                   cfg.guidance, make_norm, decoder_c2=cfg.decoder_c2)
     if cfg.norm == "cbn":

@@ -1,7 +1,9 @@
 """The ResNet backbone of PGNet: torchvision's ResNet cut into the paper's stages C1..C5.
 
 The stem (conv1, bn1, relu, maxpool) is C1/C2's entry, `layer1..layer4` give
-C2..C5. The norm layer is swappable; weights load from a local file only.
+C2..C5. The norm layer is swappable; weights load from a local file only. With
+`small_map_matmul`, convolutions on the smallest maps run as matrix products on
+the CPU (`pgnet.models.small_map_conv`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torchvision
 from torch import nn
 
 from pgnet.checkpoint import read_torch_file
+from pgnet.models.small_map_conv import convert_small_map_convs
 
 log = logging.getLogger("pgnet.models")
 
@@ -27,14 +30,17 @@ _RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
 
 
 class ResNetBackbone(nn.Module):
-    """C1..C5 of a torchvision ResNet; `channels` gives the widths of C3, C4, C5, `c2_channels` that of C2."""
+    """C1..C5 of a torchvision ResNet; `channels` gives the widths of C3, C4, C5, `c2_channels` that of C2.
+    `small_map_matmul`: its convolutions are SmallMapConv2d (same parameters and state-dict keys)."""
 
-    def __init__(self, name: str, norm_layer: Callable[[int], nn.Module]):
+    def __init__(self, name: str, norm_layer: Callable[[int], nn.Module], small_map_matmul: bool = False):
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(_RESNETS)}")
         self.name = name
         resnet = _RESNETS[name](weights=None, norm_layer=norm_layer)
+        if small_map_matmul:
+            convert_small_map_convs(resnet)
         self.stem = nn.Sequential(OrderedDict(
             conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
