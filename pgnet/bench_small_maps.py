@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Callable
 
 import torch
 
+from pgnet.bench import time_call
 from pgnet.config import load_config
 from pgnet.engine import autocast, set_memory_format
 from pgnet.models import build_model
@@ -33,12 +33,6 @@ def training_step(cfg, small_map_matmul: bool, images: torch.Tensor) -> Callable
     return step
 
 
-def seconds(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def run_small_map_benchmark(config: str, batch: int | None, pairs: int, threads: int,
                             print_fn=print) -> dict[str, float]:
     cfg = load_config(config)
@@ -55,7 +49,7 @@ def run_small_map_benchmark(config: str, batch: int | None, pairs: int, threads:
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(pairs):
         for on, step in steps.items():
-            times[on].append(seconds(step))
+            times[on].append(time_call(step, repeats=1, warmup=0))
     ratio = statistics.median(off / on for off, on in zip(times[False], times[True]))
     print_fn(f"torch {torch.__version__}, {threads} thread(s); {config}: {cfg.model.backbone} at {h}x{w}, "
              f"batch {batch}, {cfg.train.precision}, channels_last={cfg.train.channels_last}; "

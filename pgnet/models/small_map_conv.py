@@ -16,12 +16,19 @@ from torch import Tensor, nn
 MAX_POSITIONS = 16  # output maps of at most this many positions take the matrix-product path
 
 
+def _output_size(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int]:
+    return (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+
+
+def _tap(i: int, j: int, stride: int, out_h: int, out_w: int) -> tuple[slice, slice, slice]:
+    """Index of a padded NHWC map: the input pixels that kernel tap (i, j) meets, one per output position."""
+    return (slice(None), slice(i, i + stride * (out_h - 1) + 1, stride), slice(j, j + stride * (out_w - 1) + 1, stride))
+
+
 def _patches(x_nhwc: Tensor, k: int, stride: int, padding: int, out_h: int, out_w: int) -> Tensor:
     """(N, Ho, Wo, k*k, C): the k x k input patch of every output position, of an NHWC tensor."""
     padded = F.pad(x_nhwc, (0, 0, padding, padding, padding, padding))
-    views = [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-             for i in range(k) for j in range(k)]
-    return torch.stack(views, dim=3)
+    return torch.stack([padded[_tap(i, j, stride, out_h, out_w)] for i in range(k) for j in range(k)], dim=3)
 
 
 class _PatchMatmul(torch.autograd.Function):
@@ -32,7 +39,7 @@ class _PatchMatmul(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
         n, c, h, w = x.shape
         out_c, _, k, _ = weight.shape
-        out_h, out_w = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+        out_h, out_w = _output_size(h, w, k, stride, padding)
         patches = _patches(x.permute(0, 2, 3, 1), k, stride, padding, out_h, out_w).reshape(-1, k * k * c)
         w2 = weight.permute(0, 2, 3, 1).reshape(out_c, k * k * c)  # same (kh, kw, C) order as the patches
         ctx.save_for_backward(patches, w2)
@@ -53,8 +60,7 @@ class _PatchMatmul(torch.autograd.Function):
             grad_padded = grad_patches.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
             for i in range(k):
                 for j in range(k):
-                    grad_padded[:, i:i + stride * (out_h - 1) + 1:stride,
-                                j:j + stride * (out_w - 1) + 1:stride] += grad_patches[:, :, :, i, j]
+                    grad_padded[_tap(i, j, stride, out_h, out_w)] += grad_patches[:, :, :, i, j]
             grad_x = grad_padded[:, padding:padding + h, padding:padding + w].permute(0, 3, 1, 2)
         return grad_x, grad_w, None, None
 
@@ -69,8 +75,7 @@ class SmallMapConv2d(nn.Conv2d):
         if k != k2 or s != s2 or (d, d2) != (1, 1) or not isinstance(self.padding, tuple) \
                 or self.padding[0] != self.padding[1]:
             return False
-        p = self.padding[0]
-        out_h, out_w = (x.shape[2] + 2 * p - k) // s + 1, (x.shape[3] + 2 * p - k) // s + 1
+        out_h, out_w = _output_size(x.shape[2], x.shape[3], k, s, self.padding[0])
         return out_h * out_w <= MAX_POSITIONS
 
     def forward(self, x: Tensor) -> Tensor:
