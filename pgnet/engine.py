@@ -54,10 +54,12 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def predict_coco(model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor],
-                 cfg: EvalConfig) -> list[dict]:
-    """COCO results (image pixels) for a batch; with `cfg.flip_test` the mirrored image is averaged in."""
-    outputs = model(images)
-    flipped = model(images.flip(-1)) if cfg.flip_test else None
+                 cfg: EvalConfig, precision: str = "fp32") -> list[dict]:
+    """COCO results (image pixels) for a batch; with `cfg.flip_test` the mirrored image is averaged in.
+    `precision` as `train.precision` (the heads' outputs are float32 either way)."""
+    with autocast(precision, images.device):
+        outputs = model(images)
+        flipped = model(images.flip(-1)) if cfg.flip_test else None
     return coco_results(outputs, meta["image_id"].tolist(), meta["inv_affine"], flipped_outputs=flipped,
                         top_k=cfg.top_k, score_threshold=cfg.score_threshold, rescore=cfg.rescore,
                         snap_score_weight=cfg.snap_score_weight, snap_box_margin=cfg.snap_box_margin,
@@ -66,8 +68,10 @@ def predict_coco(model: nn.Module, images: torch.Tensor, meta: dict[str, torch.T
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: CocoKeypoints, cfg: EvalConfig, device: torch.device,
-                   progress: bool = True, workers: int = 0) -> tuple[dict[str, float], list[dict]]:
-    """Key-point and box COCO metrics of `model` on `dataset` (built with train=False)."""
+                   progress: bool = True, workers: int = 0, precision: str = "fp32"
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """Key-point and box COCO metrics of `model` on `dataset` (built with train=False). `precision` is
+    the forward pass's, as `train.precision`: a model trained in bf16 is evaluated in bf16, as it trained."""
     was_training = model.training
     model.eval()
     indices = range(len(dataset)) if cfg.max_images <= 0 else range(min(cfg.max_images, len(dataset)))
@@ -80,7 +84,7 @@ def evaluate_model(model: nn.Module, dataset: CocoKeypoints, cfg: EvalConfig, de
         skipped += num_bad
         if len(images) == 0:
             continue
-        results.extend(predict_coco(model, images.to(device), meta, cfg))
+        results.extend(predict_coco(model, images.to(device), meta, cfg, precision))
         evaluated.extend(meta["image_id"].tolist())
     model.train(was_training)
     if not evaluated:

@@ -103,7 +103,7 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
             failed.append(str(path))
             continue
         meta = {"image_id": torch.tensor([image_id]), "inv_affine": torch.from_numpy(sample["inv_affine"][None])}
-        people = predict_coco(model, torch.from_numpy(sample["image"][None]), meta, eval_cfg)
+        people = predict_coco(model, torch.from_numpy(sample["image"][None]), meta, eval_cfg, cfg.train.precision)
         for person in people:
             person["file_name"] = path.name
         results.extend(people)

@@ -231,7 +231,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         state.epoch_batches_done = (done + consumed) % len(epoch_plan)
         finished = state.step >= state.total_steps
         if finished or epoch % cfg.train.eval_every == 0:
-            metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress)
+            metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress,
+                                              precision=cfg.train.precision)
             last_metrics = metrics
             eval_record = {"step": state.step, "epoch": epoch, **metrics}
             eval_log.append(eval_record)

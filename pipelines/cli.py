@@ -113,7 +113,8 @@ def _eval_checkpoint(args: argparse.Namespace) -> dict[str, float]:
     device = resolve_device(args.device)
     dataset = CocoKeypoints(args.data, args.split, input_size=tuple(cfg.data.input_size),
                             max_people=cfg.data.max_people, train=False)
-    metrics, results = evaluate_model(model.to(device), dataset, cfg.eval, device, progress=not args.quiet)
+    metrics, results = evaluate_model(model.to(device), dataset, cfg.eval, device, progress=not args.quiet,
+                                      precision=cfg.train.precision)
     if args.results_out:
         Path(args.results_out).write_text(json.dumps(results))
         print(f"COCO results written to {args.results_out}")

@@ -254,7 +254,8 @@ def _evaluate_on_rank0(runner: PipelineRunner, topo: Topology, cfg: Config, mode
         for part in gathered:
             full.update(part or {})
         model.load_state_dict(full)
-        metrics, results = evaluate_model(model.to(device), val_set, cfg.eval, device, progress=False)
+        metrics, results = evaluate_model(model.to(device), val_set, cfg.eval, device, progress=False,
+                                          precision=cfg.train.precision)
         runner.train()
         if metrics.get(BEST_METRIC, float("-inf")) > state["best"]:
             state["best"] = metrics[BEST_METRIC]

@@ -147,15 +147,18 @@ def test_eval_set_changes_the_checkpoints_decoding(capsys, tmp_path, cli_run, ti
     cfg.eval.keypoint_refine = "centroid"
     dataset = CocoKeypoints(tiny_data, VAL_SET, input_size=tuple(cfg.data.input_size),
                             max_people=cfg.data.max_people, train=False)
-    _, want = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False)
+    precision = cfg.train.precision  # `pgnet eval` runs the forward pass as the model trained
+    _, want = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False, precision=precision)
     got = json.loads(results.read_text())
     assert len(got) == len(want) > 0
     assert got == json.loads(json.dumps(want))
-    _, defaults = evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"), progress=False)
+    _, defaults = evaluate_model(model, dataset, EvalConfig(score_threshold=0.0), torch.device("cpu"), progress=False,
+                                 precision=precision)
     rescored = json.loads(json.dumps(defaults))
     assert rescored != got  # the defaults decode otherwise: the override took effect
     cfg.eval.keypoint_refine = "offset"
-    _, by_offsets = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False)
+    _, by_offsets = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"), progress=False,
+                                   precision=precision)
     assert [r["bbox"] for r in by_offsets] == [r["bbox"] for r in want]  # the same people...
     assert [r["keypoints"] for r in by_offsets] != [r["keypoints"] for r in want]  # ...placed otherwise
 
