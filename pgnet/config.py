@@ -113,7 +113,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | linear (to zero) | step | constant
     warmup_steps: int = 100
     milestones: tuple[float, ...] = (0.7, 0.9)  # step schedule, fractions of the run
     gamma: float = 0.1
@@ -204,7 +204,7 @@ class Config:
             ("model.norm", self.model.norm, NORMS),
             ("loss.box", self.loss.box, BOX_LOSSES),
             ("optim.name", self.optim.name, ("adamw", "sgd")),
-            ("optim.schedule", self.optim.schedule, ("cosine", "step", "constant")),
+            ("optim.schedule", self.optim.schedule, ("cosine", "linear", "step", "constant")),
             ("pipeline.schedule", self.pipeline.schedule, SCHEDULES),
             ("train.device", self.train.device, ("auto", "cpu", "cuda")),
             ("train.precision", self.train.precision, PRECISIONS),

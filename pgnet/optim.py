@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule from an `OptimConfig`.
 
 The schedule is a function of the step alone (linear warm-up, then cosine,
-step or constant), so a resumed or pipelined run follows the same curve.
+linear decay to zero, step or constant), so a resumed or pipelined run follows the same curve.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
         return cfg.gamma ** sum(step >= m * total_steps for m in cfg.milestones)
     span = max(1, total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "linear":
+        return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

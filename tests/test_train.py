@@ -465,13 +465,16 @@ def test_too_many_bad_images_stop_the_run(make_config, tiny_data_copy, tmp_path)
     (OptimConfig(schedule="step", warmup_steps=2, milestones=(0.5,), gamma=0.5), 8,
      {0: 0.5, 1: 1.0, 2: 1.0, 3: 1.0, 4: 0.5, 7: 0.5}),
     (OptimConfig(schedule="constant", warmup_steps=3), 10, {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 9: 1.0}),
-], ids=["cosine-warmup", "cosine", "step", "step-warmup", "constant-warmup"])
+    # linear: from 1 at the end of the warm-up (step 2) to 0 at step 10
+    (OptimConfig(schedule="linear", warmup_steps=2), 10, {0: 0.5, 1: 1.0, 2: 1.0, 4: 0.75, 6: 0.5, 9: 0.125,
+                                                           10: 0.0, 15: 0.0}),
+], ids=["cosine-warmup", "cosine", "step", "step-warmup", "constant-warmup", "linear-warmup"])
 def test_lr_factor_hand_computed(cfg, total, expected):
     for step, factor in expected.items():
         assert lr_factor(cfg, step, total) == pytest.approx(factor, abs=1e-12), f"step {step}"
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "step", "constant"])
 def test_scheduler_applies_the_factor_to_every_group(schedule):
     cfg = OptimConfig(lr=0.02, schedule=schedule, warmup_steps=3)
     params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
