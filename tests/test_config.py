@@ -200,7 +200,7 @@ def test_wrong_type_names_the_key(override, key):
     ("model.norm=batchnorm", "model.norm"),
     ("loss.box=l1", "loss.box"),
     ("optim.name=adam", "optim.name"),
-    ("optim.schedule=linear", "optim.schedule"),
+    ("optim.schedule=exponential", "optim.schedule"),
     ("pipeline.schedule=zero_bubble", "pipeline.schedule"),
     ("train.device=tpu", "train.device"),
     ("eval.keypoint_refine=dark", "eval.keypoint_refine"),
