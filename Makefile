@@ -1,13 +1,14 @@
 # The two commands of the README, and the venv they share.
-#   make demo   the main job: synthetic data, local Ray, the smoke sweep, MLflow, the report
-#   make test   the test suite
+#   make demo       the main job: synthetic data, local Ray, the smoke sweep, MLflow, the report
+#   make test       the test suite (what CI runs)
+#   make test-fast  the tests without Ray or long training: the edit loop
 # Both create .venv in this checkout and install the project into it when it is missing or stale.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=10
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not ray and not slow" --durations=5
 
 clean:
 	rm -rf runs mlruns mlflow.db .cache .pytest_cache

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pgnet.checkpoint import load_checkpoint
 from pgnet.config import Config, EvalConfig, config_from_dict
 from pgnet.data.records import ImageRecord
 from pgnet.data.sample import BadSample, make_sample, read_image
-from pgnet.engine import predict_coco
+from pgnet.errors import DataError
+from pgnet.evaluation.inference import predict_coco
 from pgnet.models import PGNet, build_model
+from pgnet.run.checkpoint import load_checkpoint
 from pgnet.visualize import draw_people
 
 log = logging.getLogger("pgnet.predict")
@@ -63,7 +64,7 @@ def expand_images(paths: list[str | Path]) -> list[Path]:
             continue
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise ValueError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+            raise DataError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                              "pass image files or a folder of them")
         files.extend(found)
     return files
@@ -112,7 +113,7 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
         log.info("%s: %d people above %.2f", path.name, sum(p["score"] >= draw_threshold for p in people),
                  draw_threshold)
     if paths and len(failed) == len(paths):
-        raise ValueError(f"none of the {len(paths)} image(s) could be read ({', '.join(failed)}); "
+        raise DataError(f"none of the {len(paths)} image(s) could be read ({', '.join(failed)}); "
                          "pass image files (JPEG, PNG) that Pillow can open")
     out = out_dir / "results.json"
     out.write_text(json.dumps(results))

@@ -1,4 +1,4 @@
-"""Shared fixtures of the single-machine tests: a tiny synthetic COCO set, the COCO sample, tiny configs.
+"""Fixtures of every test: a tiny synthetic COCO set, the COCO sample, tiny configs (`tests.support`).
 
 The data set is written once per session; a test that damages images works on its own copy.
 """
@@ -13,19 +13,13 @@ import torch
 
 from pgnet.config import Config, load_config
 from pgnet.data.synthetic import write_synthetic_dataset
-
-COCO_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/coco_sample"
-TINY_TRAIN_IMAGES = 16  # 4 steps per epoch at batch 4
-TINY_VAL_IMAGES = 4
-TINY_IMAGE_SIZE = (96, 96)
-
-# resnet18 with narrow CFFM/decoder/heads on 64x64 inputs: a training step takes a few ms on 2 cores.
-TINY_OVERRIDES = [
-    "model.backbone=resnet18", "model.norm=bn", "model.cffm_channels=32", "model.decoder_channels=32",
-    "model.head_channels=16", "data.input_size=[64, 64]", "data.max_people=8", "train.batch_size=4",
-    "train.epochs=1", "train.log_every=1", "optim.name=adamw", "optim.lr=0.001", "optim.warmup_steps=2",
-    "eval.max_images=4", "eval.batch_size=4", "tracking.mlflow=false",
-]
+from tests.support.configs import (
+    TINY_IMAGE_SIZE,
+    TINY_OVERRIDES,
+    TINY_TRAIN_IMAGES,
+    TINY_VAL_IMAGES,
+)
+from tests.support.paths import COCO_SAMPLE
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,12 @@ from pgnet.codec.decode import (
     peak_positions,
     to_image_coords,
 )
-from pgnet.codec.gaussian import draw_gaussian, gaussian_2d, gaussian_radius, heatmap_radius
+from pgnet.codec.gaussian import (
+    draw_gaussian,
+    gaussian_2d,
+    gaussian_radius,
+    heatmap_radius,
+)
 from pgnet.codec.targets import (
     NUM_JOINTS,
     STRIDE,

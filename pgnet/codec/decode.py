@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pgnet.codec.targets import NUM_JOINTS, STRIDE
-from pgnet.config import KEYPOINT_REFINES
+from pgnet.config import KEYPOINT_REFINES, EvalConfig
 from pgnet.data.skeleton import FLIP_INDEX
 
 SNAP_DISTANCE = 0.3  # CenterNet: a heatmap peak replaces a regressed key point within 0.3 x the box's longer side
@@ -40,10 +40,14 @@ def gather_feature(feat: Tensor, inds: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: float = 0.1,
-                   rescore: bool = False, snap_score_weight: float = 0.0,
-                   snap_box_margin: float = 0.0, keypoint_refine: str = "offset") -> list[dict]:
+def decode_outputs(outputs: dict[str, Tensor], settings: EvalConfig | None = None,
+                   kp_threshold: float = 0.1) -> list[dict]:
     """People found in a batch of outputs, one dict per image, in output pixels (numpy arrays).
+
+    `settings` are the `eval.*` decoding keys (`top_k`, `rescore`, `snap_score_weight`,
+    `snap_box_margin`, `keypoint_refine`); None: `EvalConfig()`'s defaults, the same decoding that
+    training and `pgnet eval` use. CenterNet's own decoding is `rescore=False, snap_score_weight=0,
+    snap_box_margin=0, keypoint_refine="offset"`.
 
     Each dict holds `boxes` (N, 4) xyxy, `scores` (N,) and `keypoints` (N, 17, 3) as x, y,
     confidence, sorted by score. Centres are the top-k local maxima of sigmoid(hm); boxes come
@@ -62,6 +66,8 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     keeps the centre peaks (the score threshold of `detections_to_coco` applies to them: rescoring
     reorders people, it does not drop any).
     """
+    s = settings or EvalConfig()
+    top_k = s.top_k
     heat = heatmap_nms(torch.sigmoid(outputs["hm"].float()))
     b, _, h, w = heat.shape
     scores, inds, ys, xs = (t[:, 0] for t in topk_per_channel(heat, top_k))  # (B, K)
@@ -72,10 +78,10 @@ def decode_outputs(outputs: dict[str, Tensor], top_k: int = 32, kp_threshold: fl
     kps = kps + torch.stack([xs, ys], dim=-1).unsqueeze(2)  # offsets are from the integer centre
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
-    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, snap_score_weight, snap_box_margin,
-                                keypoint_refine)
+    keypoints = _snap_keypoints(kps, boxes, outputs, top_k, kp_threshold, s.snap_score_weight, s.snap_box_margin,
+                                s.keypoint_refine)
     centre_scores = scores
-    if rescore:
+    if s.rescore:
         rescored = scores * keypoints[..., 2].mean(-1)
         order = rescored.argsort(dim=1, descending=True, stable=True)  # ties keep the centre-peak order
         scores, centre_scores = rescored.gather(1, order), centre_scores.gather(1, order)
@@ -215,24 +221,24 @@ def detections_to_coco(detections: dict, image_id: int, score_threshold: float =
                                    np.asarray(detections["keypoints"])[keep])
 
 
-def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor, *,
-                 flipped_outputs: dict[str, Tensor] | None = None, top_k: int = 32,
-                 kp_threshold: float = 0.1, score_threshold: float = 0.0, stride: int = STRIDE,
-                 rescore: bool = False, snap_score_weight: float = 0.0,
-                 snap_box_margin: float = 0.0, keypoint_refine: str = "offset") -> list[dict]:
+def coco_results(outputs: dict[str, Tensor], image_ids: Sequence[int], inv_affines: np.ndarray | Tensor,
+                 settings: EvalConfig | None = None, *, flipped_outputs: dict[str, Tensor] | None = None,
+                 kp_threshold: float = 0.1, stride: int = STRIDE) -> list[dict]:
     """A batch of outputs to COCO results in image pixels: (flip merge,) decode, map back, format.
 
-    `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `flipped_outputs` are the
-    outputs for the mirrored images `model(images.flip(-1))` (the flip test) or None; `rescore`,
-    `snap_score_weight`, `snap_box_margin` and `keypoint_refine`: see `decode_outputs`.
+    `image_ids` (B,) and `inv_affines` (B, 2, 3) are the samples' meta; `settings` the `eval.*` keys
+    (`decode_outputs`; `score_threshold` drops people here); `flipped_outputs` are the outputs for the
+    mirrored images `model(images.flip(-1))` (the flip test) or None. `settings.flip_test` is the
+    caller's business: it decides whether to pass `flipped_outputs`.
     """
+    settings = settings or EvalConfig()
     if flipped_outputs is not None:
         outputs = flip_merge(outputs, flipped_outputs)
     if isinstance(inv_affines, Tensor):
         inv_affines = inv_affines.detach().cpu().numpy()
     results = []
-    detections = decode_outputs(outputs, top_k, kp_threshold, rescore, snap_score_weight, snap_box_margin,
-                                keypoint_refine)
+    detections = decode_outputs(outputs, settings, kp_threshold)
     for det, image_id, inv in zip(detections, image_ids, inv_affines):
-        results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id), score_threshold))
+        results.extend(detections_to_coco(to_image_coords(det, inv, stride), int(image_id),
+                                          settings.score_threshold))
     return results

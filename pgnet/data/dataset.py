@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pgnet.codec.targets import STRIDE, TARGET_KEYS
-from pgnet.config import AugmentConfig
+from pgnet.config import AugmentConfig, Config
 from pgnet.data.image_cache import cache_images
+from pgnet.data.order import epoch_batches
 from pgnet.data.records import load_coco_records
 from pgnet.data.sample import META_KEYS, BadSample, make_sample
+from pgnet.errors import MissingFileError
 
 log = logging.getLogger("pgnet.data")
 
@@ -30,7 +32,7 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     image_dir = root / split
     missing = [str(p) for p in (ann_file, image_dir) if not p.exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"COCO split '{split}' not found under '{root}': missing {', '.join(missing)}. Expected "
             f"{root}/annotations/person_keypoints_{split}.json and the images in {root}/{split}/. "
             "Get COCO 2017 from https://cocodataset.org/#download (the train2017/val2017 images and "
@@ -99,3 +101,14 @@ def collate_samples(samples: Sequence[dict[str, np.ndarray] | None]
         return torch.from_numpy(np.stack([s[key] for s in good]))
 
     return stack("image"), {k: stack(k) for k in TARGET_KEYS}, {k: stack(k) for k in META_KEYS}, num_bad
+
+
+def epoch_loader(dataset: CocoKeypoints, cfg: Config, epoch: int,
+                 batches: list[np.ndarray] | None = None) -> DataLoader:
+    """The DataLoader of one training epoch with `data.workers` processes: the epoch's augmentation and its
+    batches (`epoch_batches`; give `batches`, a part of them, to resume or stop mid-epoch)."""
+    dataset.set_epoch(epoch)
+    if batches is None:
+        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch)
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], collate_fn=collate_samples,
+                      num_workers=cfg.data.workers)

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 from pycocotools.coco import COCO
 
+from pgnet.errors import DataError, MissingFileError
+
 log = logging.getLogger("pgnet.data")
 
 NUM_JOINTS = 17
@@ -95,28 +97,28 @@ def read_coco_json(path: Path) -> dict:
     """The annotation file's JSON, checked for COCO's structure (lists of images, annotations and
     categories with the fields every reader needs); a clear error otherwise."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found; expected {COCO_LAYOUT}")
+        raise MissingFileError(f"{path}: annotation file not found; expected {COCO_LAYOUT}")
     try:
         with path.open("rb") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON file ({err}); expected {COCO_LAYOUT}") from None
+        raise DataError(f"{path}: not a JSON file ({err}); expected {COCO_LAYOUT}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the JSON top level is a {type(data).__name__}, not an object; expected {COCO_LAYOUT}")
+        raise DataError(f"{path}: the JSON top level is a {type(data).__name__}, not an object; expected {COCO_LAYOUT}")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if missing:
-        raise ValueError(f"{path}: not a COCO annotation file, no list of {', '.join(missing)}; expected {COCO_LAYOUT}")
+        raise DataError(f"{path}: not a COCO annotation file, no list of {', '.join(missing)}; expected {COCO_LAYOUT}")
     for index, image in enumerate(data["images"]):
         lacking = [k for k in ("id", "file_name", "height", "width") if not isinstance(image, dict) or k not in image]
         if lacking:
-            raise ValueError(f"{path}: images[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
+            raise DataError(f"{path}: images[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
     for index, ann in enumerate(data["annotations"]):
         lacking = [k for k in ("id", "image_id", "category_id", "bbox") if not isinstance(ann, dict) or k not in ann]
         if lacking:
-            raise ValueError(f"{path}: annotations[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
+            raise DataError(f"{path}: annotations[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or "id" not in category:
-            raise ValueError(f"{path}: categories[{index}] has no id; expected {COCO_LAYOUT}")
+            raise DataError(f"{path}: categories[{index}] has no id; expected {COCO_LAYOUT}")
     return data
 
 
@@ -124,7 +126,7 @@ def _person_category_ids(data: dict, path: Path) -> set[int]:
     ids = {c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("name") == "person"}
     if not ids:
         names = [c.get("name") for c in data["categories"] if isinstance(c, dict)]
-        raise ValueError(f"{path}: no 'person' category (categories: {names}); expected {COCO_LAYOUT}")
+        raise DataError(f"{path}: no 'person' category (categories: {names}); expected {COCO_LAYOUT}")
     return ids
 
 
@@ -162,7 +164,7 @@ def _clean_keypoints(ann: dict, height: int, width: int, source: Path, counts: C
         return np.zeros((NUM_JOINTS, 3), np.float64)
     kps = np.asarray(raw, np.float64).reshape(-1)
     if kps.shape != (3 * NUM_JOINTS,):
-        raise ValueError(f"{source}: annotation {ann.get('id')} has {kps.size} key-point numbers, "
+        raise DataError(f"{source}: annotation {ann.get('id')} has {kps.size} key-point numbers, "
                          f"expected {3 * NUM_JOINTS} (17 COCO key points as x, y, v)")
     kps = kps.reshape(NUM_JOINTS, 3)
     labelled = kps[:, 2] > 0

@@ -18,7 +18,13 @@ from pycocotools.cocoeval import COCOeval
 
 from pgnet.atomic import write_text_atomic
 from pgnet.data.records import read_coco_json
-from pgnet.evaluation.results import PERSON_CATEGORY_ID, check_number, check_numbers, load_results
+from pgnet.errors import DataError
+from pgnet.evaluation.results import (
+    PERSON_CATEGORY_ID,
+    check_number,
+    check_numbers,
+    load_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def load_ground_truth(gt: str | Path | COCO, verbose: bool = False) -> COCO:
         return gt
     path = Path(gt)
     if not path.is_file():
-        raise ValueError(f"{path}: ground-truth annotation file not found; pass a COCO person_keypoints_*.json")
+        raise DataError(f"{path}: ground-truth annotation file not found; pass a COCO person_keypoints_*.json")
     data = read_coco_json(path)
     _check_person_annotations(data, path)
     coco = COCO()

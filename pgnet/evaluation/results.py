@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pgnet.data.skeleton import NUM_KEYPOINTS, PERSON_CATEGORY
+from pgnet.errors import DataError
 
 PERSON_CATEGORY_ID: int = PERSON_CATEGORY["id"]
 RESULT_FIELDS = ("image_id", "category_id", "score", "keypoints", "bbox")
@@ -32,7 +33,7 @@ def load_results(
     source = str(path_or_list) if isinstance(path_or_list, (str, Path)) else "results list"
     raw = _read_json(Path(path_or_list)) if isinstance(path_or_list, (str, Path)) else path_or_list
     if isinstance(raw, np.ndarray) or not isinstance(raw, (list, tuple)):
-        raise ValueError(
+        raise DataError(
             f"{source}: COCO results must be a JSON list of result objects, got {type(raw).__name__}. "
             "Write one object per detection: [{\"image_id\": ..., \"category_id\": 1, \"score\": ..., "
             "\"keypoints\": [...51 numbers]}, ...]"
@@ -91,23 +92,23 @@ def results_from_detections(
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise ValueError(f"{path}: results file not found; check the path given for the results")
+        raise DataError(f"{path}: results file not found; check the path given for the results")
     try:
         with path.open() as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid JSON file ({err}); a COCO results file is a JSON list") from err
+        raise DataError(f"{path}: not a valid JSON file ({err}); a COCO results file is a JSON list") from err
 
 
 def _clean_entry(entry: Any, index: int, source: str) -> dict:
     where = f"{source}: entry {index}"
     if not isinstance(entry, dict):
-        raise ValueError(f"{where} is a {type(entry).__name__}, expected an object with image_id, category_id, score")
+        raise DataError(f"{where} is a {type(entry).__name__}, expected an object with image_id, category_id, score")
     missing = [k for k in ("image_id", "category_id", "score") if k not in entry]
     if missing:
-        raise ValueError(f"{where} is missing {', '.join(missing)}; every result needs image_id, category_id, score")
+        raise DataError(f"{where} is missing {', '.join(missing)}; every result needs image_id, category_id, score")
     if "keypoints" not in entry and "bbox" not in entry:
-        raise ValueError(f"{where} has neither keypoints nor bbox; a result needs at least one of them")
+        raise DataError(f"{where} has neither keypoints nor bbox; a result needs at least one of them")
     clean = {
         "image_id": _integer(entry["image_id"], f"{where}: image_id"),
         "category_id": _integer(entry["category_id"], f"{where}: category_id"),
@@ -118,14 +119,14 @@ def _clean_entry(entry: Any, index: int, source: str) -> dict:
     if "bbox" in entry:
         bbox = check_numbers(entry["bbox"], 4, f"{where}: bbox")
         if bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"{where}: bbox {bbox} has a negative width or height; COCO boxes are x, y, w, h")
+            raise DataError(f"{where}: bbox {bbox} has a negative width or height; COCO boxes are x, y, w, h")
         clean["bbox"] = bbox
     return clean
 
 
 def _integer(value: Any, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise DataError(f"{what} must be an integer, got {value!r}")
     return int(value)
 
 
@@ -133,17 +134,17 @@ def check_numbers(values: Any, length: int, what: str) -> list[float]:
     if isinstance(values, np.ndarray):
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
-        raise ValueError(f"{what} must be a list of {length} numbers, got {type(values).__name__}")
+        raise DataError(f"{what} must be a list of {length} numbers, got {type(values).__name__}")
     if len(values) != length:
-        raise ValueError(f"{what} must have {length} numbers, got {len(values)}")
+        raise DataError(f"{what} must have {length} numbers, got {len(values)}")
     return [check_number(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
 def check_number(value: Any, what: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{what} is {value!r}, not a number")
+        raise DataError(f"{what} is {value!r}, not a number")
     if not math.isfinite(float(value)):
-        raise ValueError(f"{what} is {value}, not a finite number")
+        raise DataError(f"{what} is {value}, not a finite number")
     return float(value)
 
 
@@ -151,7 +152,7 @@ def _check_image_ids(results: list[dict], known: set[int], source: str) -> None:
     unknown = sorted({r["image_id"] for r in results} - known)
     if unknown:
         shown = ", ".join(str(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise ValueError(
+        raise DataError(
             f"{source}: {len(unknown)} image id(s) are not in the ground truth: {shown}. "
             "Are the results and the ground-truth annotation file from the same split?"
         )

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from pgnet.codec.targets import TARGET_KEYS
 from pgnet.config import LossConfig
 from pgnet.losses.focal import batch_mean, focal_loss
-from pgnet.losses.iou import box_iou_loss, box_loss_kinds
+from pgnet.losses.iou import BoxLoss, BoxLossFn, box_iou_loss
+from pgnet.registry import BOX_LOSSES
 
 MAIN_OUTPUTS = ("hm", "wh", "reg", "kps", "hm_hp", "hp_offset")
 GUIDE_OUTPUTS = ("guide_hm", "guide_wh", "guide_reg")
@@ -41,7 +42,7 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return per_image / mask.flatten(1).sum(1).clamp(min=1)
 
 
-def per_image_box_loss(boxes: Tensor, target: Tensor, mask: Tensor, kind: str) -> Tensor:
+def per_image_box_loss(boxes: Tensor, target: Tensor, mask: Tensor, kind: str | BoxLossFn) -> Tensor:
     """Per-image (B,) mean box loss over the real person slots (mask > 0); 0 for an image without people.
 
     Only real slots reach the box loss: a padded slot's zero box must not add to the gradient.
@@ -68,7 +69,8 @@ class PGNetLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.guidance = guidance
-        self.main_kind, self.guide_kind = box_loss_kinds(cfg.box)
+        variant: BoxLoss = BOX_LOSSES.get(cfg.box)
+        self.main_kind, self.guide_kind = variant.main, variant.guide
         self.weights = {
             "hm": cfg.hm_weight, "box": cfg.box_weight, "reg": cfg.reg_weight, "kps": cfg.kps_weight,
             "hm_hp": cfg.hm_hp_weight, "hp_offset": cfg.hp_offset_weight,

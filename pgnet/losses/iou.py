@@ -1,38 +1,51 @@
 """IoU-family box regression losses (IoU, GIoU, DIoU, CIoU) and the paper's crossed CDIoU scheme.
 
-One registry keyed by the YAML string (`loss.box`); formulas follow torchvision.ops' box losses.
+`loss.box` names an entry of `pgnet.registry.BOX_LOSSES`: a `BoxLoss`, the per-box loss of the main
+head and that of the guidance head (the same one, except for crossed schemes such as CDIoU).
+Formulas follow torchvision.ops' box losses.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from pgnet.registry import BOX_LOSSES
+
 # A per-box loss: (pred (..., 4), target (..., 4), eps) -> loss (...,), xyxy boxes.
 BoxLossFn = Callable[[Tensor, Tensor, float], Tensor]
 
-_BOX_LOSSES: dict[str, BoxLossFn] = {}
+
+@dataclass(frozen=True)
+class BoxLoss:
+    """A `loss.box` variant: the per-box loss of the main (stride-4) head and of the P4 guidance head."""
+
+    main: BoxLossFn
+    guide: BoxLossFn
+
+    @property
+    def crossed(self) -> bool:
+        return self.main is not self.guide
 
 
-def register_box_loss(kind: str) -> Callable[[BoxLossFn], BoxLossFn]:
-    """Decorator: make a per-box loss available under `kind` (a new variant is one entry)."""
+def register_box_loss(name: str) -> Callable[[BoxLossFn], BoxLossFn]:
+    """Decorator: `loss.box: name` supervises both heads with this per-box loss (one registry entry)."""
     def add(fn: BoxLossFn) -> BoxLossFn:
-        if kind in _BOX_LOSSES:
-            raise ValueError(f"box loss kind {kind!r} is already registered")
-        _BOX_LOSSES[kind] = fn
+        BOX_LOSSES.register(name, BoxLoss(fn, fn))
         return fn
     return add
 
 
-def get_box_loss(kind: str) -> BoxLossFn:
-    """The per-box loss function registered under `kind`."""
-    try:
-        return _BOX_LOSSES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown box loss kind {kind!r}; use one of {', '.join(_BOX_LOSSES)}") from None
+def box_loss_fn(name: str) -> BoxLossFn:
+    """The per-box loss of a single-loss variant (`iou`, `giou`...); a crossed one names two."""
+    variant: BoxLoss = BOX_LOSSES.get(name)
+    if variant.crossed:
+        raise ValueError(f"box loss {name!r} is crossed ({variant.main.__name__} on the main head, "
+                         f"{variant.guide.__name__} on the guidance head): name one of its per-box losses")
+    return variant.main
 
 
 def _intersection_union(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,14 +124,15 @@ def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
     return diou + alpha * v
 
 
-def box_iou_loss(pred: Tensor, target: Tensor, kind: str, reduction: str = "mean",
+def box_iou_loss(pred: Tensor, target: Tensor, kind: str | BoxLossFn, reduction: str = "mean",
                  eps: float = 1e-7) -> Tensor:
     """IoU-family loss between matching xyxy boxes `pred` and `target` of shape (N, 4).
 
-    `kind`: iou | giou | diou | ciou. `reduction`: none (N,) | mean | sum. The mean
+    `kind`: a registered single-loss variant (iou | giou | diou | ciou) or a per-box loss function.
+    `reduction`: none (N,) | mean | sum. The mean
     of no boxes is 0 (with a zero gradient), so an image without people is harmless.
     """
-    fn = get_box_loss(kind)
+    fn = box_loss_fn(kind) if isinstance(kind, str) else kind
     if pred.shape != target.shape or pred.shape[-1:] != (4,):
         raise ValueError(
             f"box_iou_loss expects matching (N, 4) xyxy boxes, got pred {tuple(pred.shape)} and "
@@ -138,20 +152,5 @@ def box_iou_loss(pred: Tensor, target: Tensor, kind: str, reduction: str = "mean
     return loss.mean() if loss.numel() > 0 else loss.sum() * 0.0
 
 
-BOX_LOSS_KINDS: tuple[str, ...] = tuple(_BOX_LOSSES)
-
-# Crossed schemes: variant -> (main head kind, guidance head kind). The paper's
-# Cross-Distance IoU supervises the deep head with GIoU and the P4 guidance head with DIoU.
-_CROSSED_VARIANTS: dict[str, tuple[str, str]] = {"cdiou": ("giou", "diou")}
-
-BOX_LOSS_VARIANTS: tuple[str, ...] = BOX_LOSS_KINDS + tuple(_CROSSED_VARIANTS)
-
-
-def box_loss_kinds(variant: str) -> tuple[str, str]:
-    """(main head kind, guidance head kind) for a `loss.box` variant."""
-    if variant in _CROSSED_VARIANTS:
-        return _CROSSED_VARIANTS[variant]
-    if variant in BOX_LOSS_KINDS:
-        return variant, variant
-    raise ValueError(
-        f"unknown box loss variant {variant!r}; set loss.box to one of {', '.join(BOX_LOSS_VARIANTS)}")
+# The paper's Cross-Distance IoU: GIoU supervises the deep head, DIoU the P4 guidance head.
+BOX_LOSSES.register("cdiou", BoxLoss(main=giou_loss, guide=diou_loss))

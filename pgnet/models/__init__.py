@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pgnet.checkpoint import read_torch_file
 from pgnet.config import ModelConfig
+from pgnet.errors import CheckpointError
 from pgnet.models.backbone import ResNetBackbone, load_backbone_weights
 from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS
 from pgnet.models.norms import bind_cbn_convs, norm_layer
-from pgnet.models.sync_bn import set_sync_bn_group
 from pgnet.models.pgnet import PGNet, Unit
+from pgnet.models.sync_bn import set_sync_bn_group
+from pgnet.torch_files import read_torch_file
 
 __all__ = ["OUTPUT_NAMES", "PGNet", "Unit", "build_model", "output_names", "set_sync_bn_group", "DETECTION_OUTPUTS",
            "GUIDANCE_OUTPUTS"]
@@ -45,14 +46,14 @@ def build_model(cfg: ModelConfig) -> PGNet:
 
 def _load_pretrained(model: PGNet, path: Path) -> None:
     if path.is_file():
-        state = read_torch_file(path, weights_only=False,
+        state = read_torch_file(path,
                                 what="torchvision ResNet weights or a checkpoint written by `pgnet train`")
         if isinstance(state, dict) and isinstance(state.get("model"), dict) and any(
                 k.startswith("backbone.") for k in state["model"]):
             try:
                 model.load_state_dict(state["model"])
             except RuntimeError as err:
-                raise ValueError(
+                raise CheckpointError(
                     f"'{path}' is a PGNet checkpoint of another network ({str(err).splitlines()[-1].strip()}); "
                     "set model.* as in that run's config.yaml, or pass backbone weights instead") from None
             log.info("loaded PGNet weights from %s", path)

@@ -16,17 +16,16 @@ import torch
 import torchvision
 from torch import nn
 
-from pgnet.checkpoint import read_torch_file
+from pgnet.errors import CheckpointError, MissingFileError
 from pgnet.models.small_map_conv import convert_small_map_convs
+from pgnet.registry import BACKBONES
+from pgnet.torch_files import read_torch_file
 
 log = logging.getLogger("pgnet.models")
 
-_RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-}
+# `model.backbone`: a torchvision ResNet constructor, `fn(weights=None, norm_layer=...)`.
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    BACKBONES.register(_name, getattr(torchvision.models, _name))
 
 
 class ResNetBackbone(nn.Module):
@@ -35,17 +34,15 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, name: str, norm_layer: Callable[[int], nn.Module], small_map_matmul: bool = False):
         super().__init__()
-        if name not in _RESNETS:
-            raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(_RESNETS)}")
         self.name = name
-        resnet = _RESNETS[name](weights=None, norm_layer=norm_layer)
+        resnet = BACKBONES.get(name)(weights=None, norm_layer=norm_layer)
         if small_map_matmul:
             convert_small_map_convs(resnet)
         self.stem = nn.Sequential(OrderedDict(
             conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
-        width = 4 if name in ("resnet50", "resnet101") else 1
+        width = resnet.fc.in_features // 512  # 4 for bottleneck ResNets (50, 101), 1 for basic blocks
         self.channels = (128 * width, 256 * width, 512 * width)
         self.c2_channels = 64 * width
 
@@ -76,14 +73,14 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str | Path) -> None:
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"pretrained weights '{file}' not found; download torchvision's ResNet weights on a machine "
             "with internet access and copy the .pth file here, or set model.pretrained: null")
-    state = read_torch_file(file, weights_only=True, what="torchvision ResNet weights (a .pth state dict)")
+    state = read_torch_file(file, what="torchvision ResNet weights (a .pth state dict)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"'{file}' holds no state dict of tensors; pass torchvision ResNet weights "
+        raise CheckpointError(f"'{file}' holds no state dict of tensors; pass torchvision ResNet weights "
                          "(torch.save(resnet.state_dict(), path)) or a checkpoint written by `pgnet train`")
     state = torchvision_to_backbone_keys(state)
     _check_weights_fit(backbone, state, file)
@@ -93,16 +90,16 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str | Path) -> None:
                  file.name, len(missing), len(unexpected))
 
 
-# Blocks per layer and whether they are bottlenecks (conv3): what tells the ResNet depths apart.
-_LAYOUTS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
-            "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
-
-
 def resnet_name_of(state: dict[str, torch.Tensor]) -> str | None:
-    """Which torchvision ResNet a (backbone-keyed) state dict comes from, or None."""
-    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-    bottleneck = any(k.endswith(".conv3.weight") for k in state)
-    return next((name for name, layout in _LAYOUTS.items() if layout == (blocks, bottleneck)), None)
+    """Which registered backbone a (backbone-keyed) state dict comes from, or None: the one whose
+    convolutions have exactly these names and shapes (each candidate built on the meta device)."""
+    convs = {k: tuple(v.shape) for k, v in state.items() if v.ndim == 4}
+    for name in BACKBONES.names():
+        with torch.device("meta"):
+            own = torchvision_to_backbone_keys(BACKBONES.get(name)(weights=None).state_dict())
+        if convs == {k: tuple(v.shape) for k, v in own.items() if v.ndim == 4}:
+            return name
+    return None
 
 
 def _check_weights_fit(backbone: ResNetBackbone, state: dict[str, torch.Tensor], file: Path) -> None:
@@ -117,5 +114,5 @@ def _check_weights_fit(backbone: ResNetBackbone, state: dict[str, torch.Tensor],
                 (("missing", missing), ("unexpected", extra), ("other shapes for", reshaped)) if keys]
     found = resnet_name_of(state)
     holds = f"the file holds {found} weights" if found else "the file is not a torchvision ResNet"
-    raise ValueError(f"'{file}' does not fit model.backbone={backbone.name}: {holds} ({'; '.join(problems)}). "
-                     f"Set model.backbone to the weights' depth or pass {backbone.name} weights.")
+    raise CheckpointError(f"'{file}' does not fit model.backbone={backbone.name}: {holds} ({'; '.join(problems)}). "
+                          f"Set model.backbone to the weights' depth or pass {backbone.name} weights.")

@@ -31,7 +31,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pgnet.models.sync_bn import full_precision, normalize_with_stats, update_running_stats
+from pgnet.models.sync_bn import (
+    full_precision,
+    normalize_with_stats,
+    update_running_stats,
+)
 
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 

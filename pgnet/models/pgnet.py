@@ -11,7 +11,13 @@ from torch import nn
 
 from pgnet.models.backbone import ResNetBackbone
 from pgnet.models.cffm import CFFM, Decoder
-from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS, DetectionHeads, GuidanceHead, head_output
+from pgnet.models.heads import (
+    DETECTION_OUTPUTS,
+    GUIDANCE_OUTPUTS,
+    DetectionHeads,
+    GuidanceHead,
+    head_output,
+)
 
 Bus = tuple[torch.Tensor, ...]
 

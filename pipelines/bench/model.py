@@ -1,0 +1,115 @@
+"""`pgnet bench model`: PGNet throughput per backbone, and inference against Keypoint R-CNN.
+
+Keypoint R-CNN (torchvision, no weights) runs in the same process at the same
+input size and thread count, so the printed ratio compares like with like.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchvision
+
+from pgnet.config import ModelConfig
+from pgnet.models import build_model
+from pipelines.bench.timing import forward_backward, time_call
+
+
+@dataclass
+class Timing:
+    name: str
+    size: tuple[int, int]
+    seconds_per_batch: float
+    batch: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds_per_batch
+
+
+def pgnet_timings(backbone: str, size: tuple[int, int], batch: int, repeats: int) -> tuple[Timing, Timing]:
+    """(forward, forward+backward) of PGNet with `backbone` on random images."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone))
+    images = torch.randn(batch, 3, *size)
+    model.eval()
+
+    def forward():
+        with torch.no_grad():
+            model(images)
+
+    fwd = time_call(forward, repeats)
+    fwd_bwd = time_call(forward_backward(model.train(), images), repeats)
+    return Timing(f"pgnet-{backbone} forward", size, fwd, batch), Timing(f"pgnet-{backbone} fwd+bwd", size, fwd_bwd, batch)
+
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def best_format_timing(name: str, model: torch.nn.Module, make_input: Callable[[torch.memory_format], object],
+                       size: tuple[int, int], batch: int, repeats: int) -> tuple[Timing, dict[str, float]]:
+    """Inference of `model` in each memory format; the faster one as a Timing, and every format's seconds.
+
+    channels_last speeds up some CPU convolutions (oneDNN) and slows others (RoI ops): each model is
+    compared at its best, as one would deploy it."""
+    seconds: dict[str, float] = {}
+    for label, fmt in MEMORY_FORMATS.items():
+        model = model.to(memory_format=fmt).eval()
+        inputs = make_input(fmt)
+
+        def forward():
+            with torch.no_grad():
+                model(inputs)
+
+        seconds[label] = time_call(forward, repeats)
+    best = min(seconds, key=seconds.get)
+    return Timing(f"{name} inference ({best})", size, seconds[best], batch), seconds
+
+
+def pgnet_inference_timing(backbone: str, size: tuple[int, int], batch: int, repeats: int) -> tuple[Timing, dict]:
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, *size)
+    return best_format_timing(f"pgnet-{backbone}", build_model(ModelConfig(backbone=backbone)),
+                              lambda fmt: images.contiguous(memory_format=fmt), size, batch, repeats)
+
+
+def keypoint_rcnn_timing(size: tuple[int, int], batch: int, repeats: int) -> tuple[Timing, dict]:
+    """torchvision's keypointrcnn_resnet50_fpn, untrained, fed the same image size (no internal resize)."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.keypointrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min(size), max_size=max(size))
+    images = [torch.rand(3, *size) for _ in range(batch)]  # the model batches them into its own tensor
+    return best_format_timing("keypointrcnn_resnet50_fpn", model, lambda fmt: images, size, batch, repeats)
+
+
+def run_model_benchmark(backbones: list[str], sizes: list[tuple[int, int]], batch: int, repeats: int,
+                        threads: int, compare_size: tuple[int, int] | None, print_fn=print) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    print_fn(f"torch {torch.__version__}, {threads} thread(s), batch {batch}, median of {repeats}")
+    print_fn(f"{'model':<44} {'input':>9} {'ms/batch':>10} {'images/s':>9}")
+    results: dict[str, float] = {}
+    for size in sizes:
+        for backbone in backbones:
+            for timing in pgnet_timings(backbone, size, batch, repeats):
+                print_fn(f"{timing.name:<44} {size[0]:>4}x{size[1]:<4} {1000 * timing.seconds_per_batch:>10.1f} "
+                         f"{timing.images_per_s:>9.2f}")
+                results[f"{timing.name}@{size[0]}x{size[1]}"] = timing.images_per_s
+    if compare_size:
+        # Timed again, back to back, although the table above has PGNet-R50: the two models of the ratio
+        # run at the same moment, so a machine that slows down between the table and here skews neither.
+        h, w = compare_size
+        rcnn, rcnn_formats = keypoint_rcnn_timing(compare_size, batch, repeats)
+        ours, our_formats = pgnet_inference_timing("resnet50", compare_size, batch, repeats)
+        for timing, formats in ((ours, our_formats), (rcnn, rcnn_formats)):
+            print_fn(f"{timing.name:<44} {h:>4}x{w:<4} {1000 * timing.seconds_per_batch:>10.1f} "
+                     f"{timing.images_per_s:>9.2f}   (" + ", ".join(f"{k} {1000 * v:.1f} ms"
+                                                               for k, v in formats.items()) + ")")
+        ratio = rcnn.seconds_per_batch / ours.seconds_per_batch
+        same_format = rcnn_formats["contiguous"] / our_formats["contiguous"]
+        print_fn(f"PGNet-R50 inference is {ratio:.2f}x faster than Keypoint R-CNN R50-FPN at {h}x{w}, each in "
+                 f"its faster memory format ({same_format:.2f}x both contiguous); same process, {threads} "
+                 f"thread(s); target >= 3x")
+        results["speedup_vs_keypointrcnn"] = ratio
+        results["speedup_vs_keypointrcnn_contiguous"] = same_format
+    return results

@@ -1,0 +1,50 @@
+"""`pgnet demo` (the README's main job): the embedded default, end to end, on one machine.
+
+Synthetic data, a local Ray, the smoke sweep (every box-loss variant as a
+2-stage pipeline), MLflow in ./mlflow.db, then the report table and the command
+that opens the MLflow UI.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipelines.sweeps.report import build_report, write_report
+from pipelines.sweeps.spec import load_sweep
+from pipelines.sweeps.sweep import run_sweep
+from pipelines.tracking.runs import tracking_uri
+
+DEMO_SWEEP = "smoke"
+
+
+def run_demo(storage: str = "runs/demo", fresh: bool = False, print_fn=print) -> int:
+    start = time.perf_counter()
+    sweep = load_sweep(DEMO_SWEEP)
+    folder = Path(storage) / sweep.name
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    resume = folder.exists()  # a demo interrupted earlier picks up where it stopped
+    grid = run_sweep(sweep, storage=storage, resume=resume)
+    failed = [r for r in grid if r.error]
+    report = build_report(sweep.overrides["tracking.experiment"], metric=sweep.metric, mode=sweep.mode,
+                          rows=("loss.box",))
+    paths = write_report(report, Path(storage) / f"{sweep.name}_report")
+    print_fn(report.to_markdown())
+    print_fn("report files: " + ", ".join(str(p) for p in paths.values()))
+    uri = tracking_uri(None)
+    print_fn(f"\nsweep of {len(grid)} trials ({len(failed)} failed) in {time.perf_counter() - start:.0f} s")
+    print_fn(f"compare the runs in the MLflow UI:\n  {mlflow_command()} ui --backend-store-uri {uri} --port 5000\n"
+             "  then open http://127.0.0.1:5000 (experiment 'smoke')")
+    return 1 if failed else 0
+
+
+def mlflow_command() -> str:
+    """The `mlflow` script of this interpreter's environment (a venv's, wherever it is), relative when short."""
+    script = Path(sys.executable).parent / "mlflow"
+    if not script.exists():
+        return "mlflow"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)

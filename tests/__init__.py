@@ -1,0 +1,1 @@
+"""Tests mirror the packages: tests/pgnet/... for `pgnet/`, tests/pipelines/... for `pipelines/`."""

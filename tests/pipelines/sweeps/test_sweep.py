@@ -1,0 +1,147 @@
+"""Ray Tune sweeps of pipeline-parallel trials, tracked in a real MLflow store read back by the client.
+
+ASHA stops weak trials (KILLED in MLflow), a trial that crashes ends FAILED, the
+others FINISHED; an interrupted sweep resumes without running a trial twice.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pgnet.run.metrics_log import read_jsonl
+from pipelines.sweeps.spec import load_sweep
+from pipelines.sweeps.sweep import run_sweep
+from pipelines.tracking.runs import ROLE_TAG
+from tests.support.configs import PIPELINE_TINY
+
+pytestmark = pytest.mark.ray
+
+
+def sweep_file(tmp_path: Path, synthetic_dir: Path, name: str, search_space: dict, stages: int = 2,
+               epochs: int = 2, **extra) -> Path:
+    overrides = dict(item.split("=", 1) for item in PIPELINE_TINY)
+    overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
+    overrides.update({"data.synthetic_dir": str(synthetic_dir), "tracking.mlflow": True, "pipeline.stages": stages,
+                      "train.max_steps": 0, "train.epochs": epochs,
+                      "train.channels_last": False, "train.precision": "fp32",  # as the smoke sweep
+                      "model.decoder_c2": False})
+    spec = {"name": name, "base": "cpu_small", "overrides": overrides, "search_space": search_space,
+            "metric": "loss", "mode": "min", "max_concurrent_trials": 2, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> MlflowClient:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # new experiments keep their artifacts in ./mlruns: here, not in the checkout
+    return MlflowClient(uri)
+
+
+def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return ([r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"],
+            [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"])
+
+
+def test_asha_sweep_is_tracked_in_mlflow(local_ray, synthetic_dir, mlflow_store, tmp_path):
+    # one stage per trial: what is tested here is Tune, ASHA and MLflow (a trial on one worker starts faster);
+    # the crashing-trial test below runs 2-stage trials
+    path = sweep_file(tmp_path, synthetic_dir, "asha", {"loss.box": {"grid": ["iou", "giou", "diou", "cdiou"]}},
+                      stages=1, scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    grid = run_sweep(load_sweep(path), storage=tmp_path / "sweeps")
+    assert len(grid) == 4 and not any(r.error for r in grid)
+
+    parents, trials = runs_of(mlflow_store, "asha")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
+    statuses = sorted(t.info.status for t in trials)
+    assert "KILLED" in statuses and "FINISHED" in statuses, statuses  # ASHA stopped someone
+    for run in trials:
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        assert params["model.norm"] == "gn" and params["loss.box"] in ("iou", "giou", "diou", "cdiou")
+        assert params["pipeline.stages"] == "1"
+        assert {"pgnet.git_commit", "pgnet.torch_version", "pgnet.ray_version", "pgnet.stages",
+                "pgnet.data_parallel", "pgnet.schedule"} <= set(tags)
+        for key in ("loss", "loss/hm", "loss/box", "lr", "images_per_s", "keypoints/AP", "keypoints/AP50",
+                    "bbox/AP", "bbox/APS", "bbox/APM", "bbox/APL", "epoch"):
+            assert key in metrics, key
+        epochs = 2 if run.info.status == "FINISHED" else 1
+        steps = mlflow_store.get_metric_history(run.info.run_id, "loss")
+        assert sorted(m.step for m in steps) == list(range(1, 3 * epochs + 1))  # per step, none twice
+        assert len(mlflow_store.get_metric_history(run.info.run_id, "keypoints/AP")) == epochs  # per epoch
+        artifacts = {a.path for a in mlflow_store.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "metrics.jsonl", "evaluations.jsonl", "checkpoints", "plots"} <= artifacts
+        plots = {a.path for a in mlflow_store.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/loss_curves.png", "plots/val_predictions.png"}
+
+
+def test_a_crashing_trial_ends_failed_in_mlflow(local_ray, synthetic_dir, mlflow_store, tmp_path):
+    path = sweep_file(tmp_path, synthetic_dir, "crash", {"pipeline.balance": {"grid": [[1, 1]]}})
+    grid = run_sweep(load_sweep(path), storage=tmp_path / "sweeps")
+    assert len(grid) == 1 and grid[0].error is not None
+    parents, trials = runs_of(mlflow_store, "crash")
+    assert [t.info.status for t in trials] == ["FAILED"]
+    assert parents[0].info.status == "FINISHED"  # the sweep itself ran to its end
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_running_a_trial_twice(local_ray, synthetic_dir, mlflow_store,
+                                                                   tmp_path):
+    # one stage per trial: what is tested here is Tune's resume, and a trial on one worker starts faster
+    path = sweep_file(tmp_path, synthetic_dir, "resumable", {"loss.box": {"grid": ["iou", "giou"]}}, stages=1,
+                      epochs=1, max_concurrent_trials=1)
+    storage = tmp_path / "sweeps"
+    command = [sys.executable, "-m", "pipelines.cli", "sweep", "--config", str(path), "--storage", str(storage)]
+    # the drivers join the session's Ray (as under `ray job submit`) instead of starting a second one
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and driver.poll() is None:
+            # one trial at a time: once the second trial has its run, Tune has recorded the first as done
+            trials = runs_of_or_empty(mlflow_store, "resumable")
+            if len(trials) >= 2:
+                break
+            time.sleep(1)
+        finished = [t for t in trials if t.info.status == "FINISHED"]
+        assert len(finished) == 1, "the first trial did not finish before the deadline"
+        first = finished[0]
+        driver.send_signal(signal.SIGINT)  # the user presses Ctrl+C
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    _, trials = runs_of(mlflow_store, "resumable")
+    assert [t.info.status for t in trials].count("FINISHED") == 1, "the sweep was not interrupted mid-way"
+
+    # `pgnet sweep --resume` is this call (the test's process is already on the session's Ray)
+    grid = run_sweep(load_sweep(path), storage=storage, resume=True)
+    assert len(grid) == 2 and not any(r.error for r in grid)
+    _, trials = runs_of(mlflow_store, "resumable")
+    assert len(trials) == 2  # one MLflow run per trial: none started twice
+    assert all(t.info.status == "FINISHED" for t in trials)
+    again = next(t for t in trials if t.info.run_id == first.info.run_id)
+    assert again.info.end_time == first.info.end_time  # the finished trial was not run again
+    for trial_dir in (storage / "resumable" / "trials").iterdir():
+        steps = [r["step"] for r in read_jsonl(trial_dir / "metrics.jsonl")]
+        assert steps == [1, 2, 3]  # every step of every trial logged exactly once
+
+
+def runs_of_or_empty(client: MlflowClient, experiment: str) -> list:
+    if client.get_experiment_by_name(experiment) is None:
+        return []
+    return runs_of(client, experiment)[1]

@@ -1,0 +1,1 @@
+"""What several test files share: paths, tiny configs, the local Ray, probes (fixtures are in conftest.py)."""

@@ -1,0 +1,1 @@
+"""The bundled sweep definitions (`pgnet sweep --config smoke`), shipped as package data."""
