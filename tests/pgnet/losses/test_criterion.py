@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 from pgnet.config import LossConfig
 from pgnet.losses import PGNetLoss, box_iou_loss
-from tests.pgnet.losses.helpers import (
+from tests.support.losses import (
     BOX_LOSS_VARIANTS,
     EXPECTED_KINDS,
     draw_gaussian,

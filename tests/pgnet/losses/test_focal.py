@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from pgnet.losses import focal_loss
-from tests.pgnet.losses.helpers import draw_gaussian, reference_focal
+from tests.support.losses import draw_gaussian, reference_focal
 
 
 def gaussian_heatmaps(b, c, h, w, peaks_per_map, gen):

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from pgnet.errors import ConfigError
 from pgnet.losses import BoxLoss, box_iou_loss, register_box_loss
 from pgnet.registry import BOX_LOSSES
-from tests.pgnet.losses.helpers import BOX_LOSS_VARIANTS, EXPECTED_KINDS
+from tests.support.losses import BOX_LOSS_VARIANTS, EXPECTED_KINDS
 
 KINDS = ("iou", "giou", "diou", "ciou")
 TORCHVISION_LOSSES = {

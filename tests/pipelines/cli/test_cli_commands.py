@@ -16,7 +16,7 @@ from pgnet.config import EvalConfig
 from pgnet.evaluation import evaluate, load_results, metric_names
 from pgnet.predict import drawn_file_names, image_ids
 from pgnet.run.metrics_log import read_jsonl
-from tests.pipelines.cli.helpers import SCRIPT, run_cli
+from tests.support.cli import SCRIPT, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

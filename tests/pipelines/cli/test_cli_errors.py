@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipelines.cli import main
-from tests.pipelines.cli.helpers import SCRIPT, run_cli
+from tests.support.cli import SCRIPT, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

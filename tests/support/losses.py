@@ -1,5 +1,5 @@
-"""Helpers shared by the loss tests: the box-loss variants' expected kinds, a plain focal loss and a
-Gaussian drawer, written independently of the library."""
+"""What the loss tests share, written independently of the library: the box-loss variants' expected kinds,
+a plain focal loss and a Gaussian drawer."""
 from __future__ import annotations
 
 import torch

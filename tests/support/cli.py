@@ -1,4 +1,4 @@
-"""Helpers shared by the `pgnet` command-line tests: the installed script and an in-process call."""
+"""What the `pgnet` command-line tests share: the installed script and an in-process call."""
 from __future__ import annotations
 
 from pipelines.cli import main
