@@ -35,13 +35,13 @@ def losses(records: list[dict]) -> dict[int, float]:
 
 
 def test_resume_mid_epoch_with_a_different_stage_count(local_ray, synthetic_dir, reference_run, tmp_path):
-    """3 steps per epoch: a 2-stage run that max_steps stopped after step 2, extended on 3 stages, takes the
-    third batch of epoch 1 next, and reproduces the single-process losses."""
+    """3 steps per epoch: a 1-stage run that max_steps stopped after step 2, extended on 2 stages (its
+    checkpoint re-sharded), takes the third batch of epoch 1 next, and reproduces the single-process losses."""
     reference, _ = reference_run(*CONSTANT_LR, "train.epochs=2")
     cut = pipeline_config(synthetic_dir, "optim.schedule=constant", "train.max_steps=2", "train.epochs=2",
-                          "pipeline.stages=2")
+                          "pipeline.stages=1")
     assert train_on_ray(cut, tmp_path, probes=(SampleTraceProbe(),))["step"] == 2
-    extended = pipeline_config(synthetic_dir, *CONSTANT_LR, "train.epochs=2", "pipeline.stages=3")
+    extended = pipeline_config(synthetic_dir, *CONSTANT_LR, "train.epochs=2", "pipeline.stages=2")
     summary = train_on_ray(extended, tmp_path, resume=True, probes=(SampleTraceProbe(),))
     assert (summary["step"], summary["epoch"]) == (6, 2)
 
