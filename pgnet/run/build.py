@@ -1,6 +1,8 @@
 """What every trainer builds from a config before its first step: the model, the data splits, the length."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pgnet.config import Config
@@ -21,14 +23,25 @@ def training_datasets(cfg: Config, progress: bool = True) -> tuple[CocoKeypoints
     """(training split with augmentation, validation split) of `cfg.data`; the synthetic set is written first
     when `data.root` is unset."""
     root = resolve_data_root(cfg.data, progress=progress)
-    common = dict(input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed,
-                  cache=cfg.data.cache == "ram", progress=progress)
-    train_set = CocoKeypoints(root, cfg.data.train_split, augment=cfg.data.augment, train=True, **common)
-    val_set = CocoKeypoints(root, cfg.data.val_split, train=False, **common)
+    val_set = validation_dataset(cfg, progress, root)  # an empty one is refused before the training split loads
+    return _split(cfg, root, cfg.data.train_split, True, progress), val_set
+
+
+def validation_dataset(cfg: Config, progress: bool = True, root: Path | None = None) -> CocoKeypoints:
+    """The split every evaluation runs on (of `root`, else of `cfg.data`); an empty one is refused before any
+    training."""
+    root = root or resolve_data_root(cfg.data, progress=progress)
+    val_set = _split(cfg, root, cfg.data.val_split, False, progress)
     if len(val_set) == 0:  # found now, not after the first epoch's training
         raise DataError(f"the validation split {cfg.data.val_split!r} of {root} has no images, and every run "
                         "evaluates on it; add images (data.synthetic.val_images for the synthetic set)")
-    return train_set, val_set
+    return val_set
+
+
+def _split(cfg: Config, root: Path, split: str, train: bool, progress: bool) -> CocoKeypoints:
+    return CocoKeypoints(root, split, augment=cfg.data.augment if train else None, train=train,
+                         input_size=tuple(cfg.data.input_size), max_people=cfg.data.max_people, seed=cfg.train.seed,
+                         cache=cfg.data.cache == "ram", progress=progress)
 
 
 def total_steps(cfg: Config, num_images: int) -> int:

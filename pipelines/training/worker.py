@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from pgnet.config import Config
 from pgnet.evaluation.inference import evaluate_model
-from pgnet.run.build import seeded_model, training_datasets
+from pgnet.run.build import seeded_model, validation_dataset
 from pgnet.run.checkpoint import checkpoint_dict
 from pgnet.run.state import RunState
 from pgnet.run.training_run import TrainingRun
@@ -65,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run.begin(_restore(plan, runner, topo))
     _announce(run, topo, device)
     records = ray.get(plan.records) if topo.first else []
-    val_set = training_datasets(cfg, progress=False)[1] if topo.rank == 0 else None
+    val_set = validation_dataset(cfg, progress=False) if topo.rank == 0 else None
     for probe in plan.probes:
         probe.start(plan.run_dir, topo)
     runner.train()
