@@ -19,6 +19,7 @@ from pgnet.registry import (
     BACKBONES,
     BOX_LOSSES,
     LR_SCHEDULES,
+    NECKS,
     NORMS,
     OPTIMIZERS,
     PIPELINE_SCHEDULES,
@@ -55,7 +56,8 @@ class ModelConfig:
     backbone: str = choice(BACKBONES, "resnet18")
     norm: str = choice(NORMS, "bn")
     pretrained: str | None = None  # local torchvision ResNet weights or a PGNet checkpoint
-    cffm_channels: int = 128  # width of the CFFM pyramid P3..P5
+    neck: str = choice(NECKS, "cffm")  # cffm: the paper's cascaded fusion; fpn: Table 3's baseline (PGNET.md)
+    neck_channels: int = 128  # width of the neck's pyramid P3..P5 (either neck)
     decoder_channels: int = 64  # the deconv + 1x1 decoder from stride 8 to stride 4
     head_channels: int = 64
     guidance: bool = True  # the P4 guidance head (PGNET.md, "Pipeline guidance (model side)")

@@ -78,6 +78,7 @@ class Registry(Generic[T]):
 
 BACKBONES: Registry[Callable] = Registry("backbone", "model.backbone", ("pgnet.models.backbone",))
 NORMS: Registry[Callable] = Registry("norm layer", "model.norm", ("pgnet.models.norms",))
+NECKS: Registry[Callable] = Registry("neck", "model.neck", ("pgnet.models.cffm", "pgnet.models.fpn"))
 BOX_LOSSES: Registry = Registry("box loss", "loss.box", ("pgnet.losses.iou",))
 OPTIMIZERS: Registry[Callable] = Registry("optimiser", "optim.name", ("pgnet.optim",))
 LR_SCHEDULES: Registry[Callable] = Registry("LR schedule", "optim.schedule", ("pgnet.optim",))
@@ -86,4 +87,4 @@ LR_SCHEDULES: Registry[Callable] = Registry("LR schedule", "optim.schedule", ("p
 PIPELINE_SCHEDULES: Registry = Registry("pipeline schedule", "pipeline.schedule",
                                         ("pipelines.training.schedules",))
 
-ALL = (BACKBONES, NORMS, BOX_LOSSES, OPTIMIZERS, LR_SCHEDULES, PIPELINE_SCHEDULES)
+ALL = (BACKBONES, NORMS, NECKS, BOX_LOSSES, OPTIMIZERS, LR_SCHEDULES, PIPELINE_SCHEDULES)

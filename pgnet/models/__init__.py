@@ -11,6 +11,7 @@ from pgnet.models.heads import DETECTION_OUTPUTS, GUIDANCE_OUTPUTS
 from pgnet.models.norms import bind_cbn_convs, norm_layer
 from pgnet.models.pgnet import PGNet, Unit
 from pgnet.models.sync_bn import set_sync_bn_group
+from pgnet.registry import NECKS
 from pgnet.torch_files import read_torch_file
 
 __all__ = ["OUTPUT_NAMES", "PGNet", "Unit", "build_model", "output_names", "set_sync_bn_group", "DETECTION_OUTPUTS",
@@ -35,7 +36,8 @@ def build_model(cfg: ModelConfig) -> PGNet:
     make_norm = norm_layer(cfg.norm, gn_groups=cfg.gn_groups,
                            cbn_window=cfg.cbn_window, cbn_burnin=cfg.cbn_burnin)
     backbone = ResNetBackbone(cfg.backbone, make_norm, small_map_matmul=cfg.small_map_matmul)
-    model = PGNet(backbone, cfg.cffm_channels, cfg.decoder_channels, cfg.head_channels,
+    neck = NECKS.get(cfg.neck)(backbone.channels, cfg.neck_channels, make_norm, with_p4=cfg.guidance)
+    model = PGNet(backbone, neck, cfg.neck_channels, cfg.decoder_channels, cfg.head_channels,
                   cfg.guidance, make_norm, decoder_c2=cfg.decoder_c2)
     if cfg.norm == "cbn":
         bind_cbn_convs(model)

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the CFFM, the decoder and the heads.
+"""Small building blocks shared by the necks, the decoder and the heads.
 
 `ConvNormAct` registers its conv before its norm, so Cross-Iteration BN can
 find the conv whose weights it compensates for.

@@ -1,4 +1,4 @@
-"""PGNet: ResNet backbone -> CFFM -> deconv decoder -> heads, plus the P4 guidance head.
+"""PGNet: ResNet backbone -> neck (CFFM or FPN) -> deconv decoder -> heads, plus the P4 guidance head.
 
 The network is also an ordered list of *units* (`PGNet.units()`), each mapping
 a tuple of tensors (the bus) to the next bus, so that pipeline training can cut
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pgnet.models.backbone import ResNetBackbone
-from pgnet.models.cffm import CFFM, Decoder
+from pgnet.models.decoder import Decoder
 from pgnet.models.heads import (
     DETECTION_OUTPUTS,
     GUIDANCE_OUTPUTS,
@@ -18,6 +18,7 @@ from pgnet.models.heads import (
     GuidanceHead,
     head_output,
 )
+from pgnet.models.neck import Neck, apply_step
 
 Bus = tuple[torch.Tensor, ...]
 
@@ -53,18 +54,16 @@ class BlockUnit(Unit):
         return (*bus[:-1], self.module(bus[-1]))
 
 
-class CFFMUnit(Unit):
-    """([C2,] C3, C4, C5) -> ([C2,] P3, P4) with guidance, ([C2,] P3) without; C2 rides along for the
-    decoder (`model.decoder_c2`)."""
+class NeckUnit(Unit):
+    """One step of the neck (`pgnet.models.neck`) on the bus's last tensors; C2 and the levels the neck
+    has not reached yet ride along. The first step sees ([C2,] C3, C4, C5), the last leaves ([C2,] P3[, P4])."""
 
-    def __init__(self, name: str, module: nn.Module, guidance: bool):
+    def __init__(self, name: str, module: nn.Module, passes: int):
         super().__init__(name, module)
-        self.guidance = guidance
+        self.passes = passes
 
     def forward(self, *bus: torch.Tensor) -> Bus:
-        c2, (c3, c4, c5) = bus[:-3], bus[-3:]
-        p3, p4 = self.module(c3, c4, c5)
-        return (*c2, p3, p4) if self.guidance else (*c2, p3)
+        return apply_step(bus, self.module, self.passes)
 
 
 class GuidanceUnit(Unit):
@@ -109,13 +108,15 @@ class HeadUnit(Unit):
 class PGNet(nn.Module):
     """The whole network; `forward` returns a dict of stride-4 maps (DEVELOPERS.md)."""
 
-    def __init__(self, backbone: ResNetBackbone, cffm_channels: int, decoder_channels: int,
+    def __init__(self, backbone: ResNetBackbone, neck: Neck, neck_channels: int, decoder_channels: int,
                  head_channels: int, guidance: bool, norm_layer, decoder_c2: bool = False):
         super().__init__()
+        if neck.with_p4 != guidance:
+            raise ValueError("the neck outputs P4 exactly when the guidance head reads it")
         self.backbone = backbone
-        self.cffm = CFFM(backbone.channels, cffm_channels, norm_layer)
-        self.guidance = GuidanceHead(cffm_channels, norm_layer) if guidance else None
-        self.decoder = Decoder(cffm_channels, decoder_channels, norm_layer,
+        self.neck = neck
+        self.guidance = GuidanceHead(neck_channels, norm_layer) if guidance else None
+        self.decoder = Decoder(neck_channels, decoder_channels, norm_layer,
                                c2_channels=backbone.c2_channels if decoder_c2 else None)
         self.heads = DetectionHeads(decoder_channels, head_channels)
         names = tuple(DETECTION_OUTPUTS) + (tuple(GUIDANCE_OUTPUTS) if guidance else ())
@@ -129,7 +130,7 @@ class PGNet(nn.Module):
     def units(self) -> list[Unit]:
         """The network as consecutive units; cut anywhere for pipeline stages."""
         units: list[Unit] = [StemUnit("backbone.stem", self.backbone.stem)]
-        # layer3 and layer4 start from a finished level (C3, C4) that CFFM needs later, layer2 from C2
+        # layer3 and layer4 start from a finished level (C3, C4) that the neck needs later, layer2 from C2
         # when the decoder takes it.
         kept = ("layer2", "layer3", "layer4") if self.decoder_c2 else ("layer3", "layer4")
         for level in ("layer1", "layer2", "layer3", "layer4"):
@@ -137,7 +138,7 @@ class PGNet(nn.Module):
             for i, block in enumerate(layer):
                 keep = i == 0 and level in kept
                 units.append(BlockUnit(f"backbone.{level}.{i}", block, keep_input=keep))
-        units.append(CFFMUnit("cffm", self.cffm, guidance=self.guidance is not None))
+        units += [NeckUnit(f"neck.{step.name}", step.module, step.passes) for step in self.neck.steps()]
         if self.guidance is not None:
             units.append(GuidanceUnit("guidance", self.guidance))
         units.append(DecoderUnit("decoder", self.decoder))

@@ -73,9 +73,11 @@ def update_running_stats(bn: _BatchNorm, mean: Tensor, unbiased_var: Tensor) -> 
     """nn.BatchNorm2d's running-statistics step (a cumulative average when momentum is None)."""
     bn.num_batches_tracked.add_(1)
     factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    with torch.no_grad():
-        bn.running_mean.lerp_(mean.to(bn.running_mean), factor)
-        bn.running_var.lerp_(unbiased_var.to(bn.running_var), factor)
+    # Through `.data`, as BN's kernel updates them: untracked by autograd. An earlier forward's BN (a pipeline
+    # runs several micro-batches before their backwards) saved these buffers, and a tracked in-place update
+    # would make its backward fail ("modified by an inplace operation").
+    bn.running_mean.data.lerp_(mean.detach().to(bn.running_mean), factor)
+    bn.running_var.data.lerp_(unbiased_var.detach().to(bn.running_var), factor)
 
 
 def full_precision(x: Tensor) -> Tensor:

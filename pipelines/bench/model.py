@@ -1,4 +1,4 @@
-"""`pgnet bench model`: PGNet throughput per backbone, and inference against Keypoint R-CNN.
+"""`pgnet bench model`: the necks' sizes, PGNet throughput per backbone, and inference against Keypoint R-CNN.
 
 Keypoint R-CNN (torchvision, no weights) runs in the same process at the same
 input size and thread count, so the printed ratio compares like with like.
@@ -13,6 +13,7 @@ import torchvision
 
 from pgnet.config import ModelConfig
 from pgnet.models import build_model
+from pipelines.bench.necks import neck_costs
 from pipelines.bench.timing import forward_backward, time_call
 
 
@@ -86,9 +87,9 @@ def keypoint_rcnn_timing(size: tuple[int, int], batch: int, repeats: int) -> tup
 def run_model_benchmark(backbones: list[str], sizes: list[tuple[int, int]], batch: int, repeats: int,
                         threads: int, compare_size: tuple[int, int] | None, print_fn=print) -> dict[str, float]:
     torch.set_num_threads(threads)
-    print_fn(f"torch {torch.__version__}, {threads} thread(s), batch {batch}, median of {repeats}")
+    results: dict[str, float] = neck_costs(backbones, sizes[0], print_fn)
+    print_fn(f"\ntorch {torch.__version__}, {threads} thread(s), batch {batch}, median of {repeats}")
     print_fn(f"{'model':<44} {'input':>9} {'ms/batch':>10} {'images/s':>9}")
-    results: dict[str, float] = {}
     for size in sizes:
         for backbone in backbones:
             for timing in pgnet_timings(backbone, size, batch, repeats):

@@ -16,12 +16,18 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("report", help="the Table 3-style comparison of a sweep, from the MLflow store")
     p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's name)")
-    p.add_argument("--metric", default="keypoints/AP",
-                   help="picks each trial's best evaluation and each cell's best trial")
+    p.add_argument("--metric", help="picks each trial's best evaluation and each cell's best trial (default: "
+                   "keypoints/AP; with --paper, the paper table's first column)")
     p.add_argument("--mode", choices=("max", "min"), help="is the highest or the lowest metric the best (default: "
                    "min for loss, max for COCO stats)")
-    p.add_argument("--rows", nargs="+", default=["model.backbone", "model.norm"], help="config keys of the rows")
+    from pipelines.sweeps.report_model import TABLE3_ROWS
+    p.add_argument("--rows", nargs="+", default=list(TABLE3_ROWS), help="config keys of the rows")
     p.add_argument("--out", help="also write OUT.md, OUT.csv and OUT.png")
+    p.add_argument("--figure", choices=("epochs",), help="instead of the table, a figure: epochs, the paper's "
+                   "Figure 6 (AP and loss by epoch and time, per pipeline.stages; OUT default: EXPERIMENT_epochs)")
+    from pipelines.sweeps.paper_table import paper_table_names
+    p.add_argument("--paper", choices=paper_table_names(), help="lay the sweep out as that table of the paper, each "
+                   "cell measured / paper (difference); the table sets the rows (pipelines/sweeps/paper/NAME.yaml)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the embedded default end to end: synthetic data, local Ray, smoke sweep, MLflow")
@@ -49,13 +55,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.paper:
+        return cmd_report_paper(args)
+    if args.figure == "epochs":
+        return cmd_figure_epochs(args)
     from pipelines.sweeps.report import build_report, write_report
-    report = build_report(args.experiment, metric=args.metric, rows=tuple(args.rows), mode=args.mode)
+    report = build_report(args.experiment, metric=args.metric or "keypoints/AP", rows=tuple(args.rows),
+                          mode=args.mode)
+    return _print_and_write(report, args.out, write_report)
+
+
+def _print_and_write(report, out: str | None, write) -> int:
+    """Print a report's Markdown; with `out`, write its files (`write(report, stem)`) and print their paths."""
     print(report.to_markdown())
-    if args.out:
-        for path in write_report(report, Path(args.out)).values():
-            print(f"written: {path}")
+    for path in (write(report, Path(out)).values() if out else ()):
+        print(f"written: {path}")
     return 0
+
+
+def cmd_figure_epochs(args: argparse.Namespace) -> int:
+    from pipelines.sweeps.figure_epochs import build_figure, write_figure
+    figure = build_figure(args.experiment)
+    print(figure.table_markdown())
+    for path in write_figure(figure, Path(args.out or f"{args.experiment}_epochs")).values():
+        print(f"written: {path}")
+    return 0
+
+
+def cmd_report_paper(args: argparse.Namespace) -> int:
+    """`pgnet report --paper NAME`: the sweep beside a table of the paper (`pipelines.sweeps.paper_report`)."""
+    from pgnet.errors import ConfigError
+    from pipelines.sweeps.paper_report import build_paper_report
+    from pipelines.sweeps.report import write_report
+    if args.figure:
+        raise ConfigError("--paper and --figure are two different reports: give one of them")
+    report = build_paper_report(args.experiment, args.paper, metric=args.metric, mode=args.mode)
+    return _print_and_write(report, args.out, write_report)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

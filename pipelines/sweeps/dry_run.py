@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from pgnet.config import Config
-from pipelines.sweeps.spec import SweepConfig
+from pipelines.sweeps.spec import SweepConfig, expand_params
 from pipelines.training.ray_runtime import (
     DRIVER_CPU,
     cpus_per_run,
@@ -30,7 +30,11 @@ def describe_sweep(sweep: SweepConfig) -> str:
              f"trials: {total} ({_trial_count_terms(sweep)}), at most {sweep.max_concurrent_trials} at a time "
              "(max_concurrent_trials)"]
     lines += trial_lines(sweep)
-    lines += ["", *resource_lines(base, min(sweep.max_concurrent_trials, total)), "",
+    largest = sweep.largest_trial_config()
+    if cpus_per_run(largest) != cpus_per_run(base):
+        lines += ["", (f"trials differ in size (the first's workers take {cpus_per_run(base):g} CPUs, the largest's "
+                       f"{cpus_per_run(largest):g}): below, the largest trial's resources, which Ray is sized for")]
+    lines += ["", *resource_lines(largest, min(sweep.max_concurrent_trials, total)), "",
               f"scheduler: {_scheduler_text(sweep, base)}", f"searcher: {_searcher_text(sweep)}", "",
               "base config (every trial's, with the swept keys at their first value):",
               yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip()]
@@ -47,7 +51,7 @@ def trial_lines(sweep: SweepConfig) -> list[str]:
     points = itertools.product(range(sweep.num_samples), itertools.product(*grid.values()))
     lines = []
     for n, (sample, values) in enumerate(itertools.islice(points, MAX_TRIAL_LINES), start=1):
-        parts = [f"{k}={_value_text(v)}" for k, v in zip(grid, values)] + sampled
+        parts = [f"{k}={_value_text(v)}" for k, v in expand_params(dict(zip(grid, values))).items()] + sampled
         repeat = f"  (sample {sample + 1} of {sweep.num_samples})" if sweep.num_samples > 1 else ""
         lines.append(f"  {n:>{width}}. {', '.join(parts)}{repeat}")
     if total > MAX_TRIAL_LINES:

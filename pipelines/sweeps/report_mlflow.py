@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from mlflow.entities import ViewType
+from mlflow.entities import Metric, ViewType
 from mlflow.tracking import MlflowClient
 
+from pgnet.config import Config
 from pgnet.errors import PGNetError
 from pipelines.sweeps.report_model import (
     ALSO_READ,
@@ -47,12 +48,12 @@ def build_report(experiment: str, tracking_uri: str | None = None, metric: str =
     mode = mode or default_mode(metric)
     if mode not in ("max", "min"):
         raise ReportError(f"mode must be max or min, got {mode!r}")
-    uri = _checked_uri(tracking_uri)
+    uri = checked_uri(tracking_uri)
     client = MlflowClient(uri)
-    exp = _find_experiment(client, experiment, uri)
+    exp = find_experiment(client, experiment, uri)
     notes: list[str] = []
-    parent = _sweep_parent(client, exp.experiment_id, experiment, sweep_run_id, notes)
-    runs = _trial_runs(client, exp.experiment_id, parent)
+    parent = sweep_parent(client, exp.experiment_id, experiment, sweep_run_id, notes)
+    runs = trial_runs(client, exp.experiment_id, parent)
     if not runs:
         where = f"sweep run {parent}" if parent else f"experiment '{experiment}'"
         raise ReportError(f"{where} has no trial runs (runs tagged {ROLE_TAG}=trial) in {uri}: the sweep has not "
@@ -61,6 +62,7 @@ def build_report(experiment: str, tracking_uri: str | None = None, metric: str =
     _check_keys(runs, metric, rows)
     wanted = list(dict.fromkeys([metric, *columns, *ALSO_READ, "epoch"]))
     trials = [_score_trial(client, run, metric, wanted, mode) for run in runs]
+    _fill_defaults(trials, rows, notes)
     _note_uncounted(trials, notes)
     if not any(t.counted for t in trials):
         raise ReportError(f"none of the {len(trials)} trial runs of '{experiment}' is FINISHED or KILLED with an "
@@ -69,7 +71,7 @@ def build_report(experiment: str, tracking_uri: str | None = None, metric: str =
     return Report(experiment, metric, rows, columns, trials, _swept_params(trials), parent, notes, mode)
 
 
-def _checked_uri(uri: str | None) -> str:
+def checked_uri(uri: str | None) -> str:
     """The store's URI; an SQLite file that does not exist is an error (MLflow would create an empty one)."""
     uri = tracking_uri(uri)
     prefix = "sqlite:///"
@@ -79,7 +81,7 @@ def _checked_uri(uri: str | None) -> str:
     return uri
 
 
-def _find_experiment(client: MlflowClient, name: str, uri: str):
+def find_experiment(client: MlflowClient, name: str, uri: str):
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
@@ -89,7 +91,8 @@ def _find_experiment(client: MlflowClient, name: str, uri: str):
     return exp
 
 
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+def search_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    """Every active run of the experiment that matches `filter_string`, oldest first."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=1000,
@@ -100,10 +103,10 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
             return runs
 
 
-def _sweep_parent(client: MlflowClient, experiment_id: str, experiment: str, sweep_run_id: str | None,
-                  notes: list[str]) -> str | None:
+def sweep_parent(client: MlflowClient, experiment_id: str, experiment: str, sweep_run_id: str | None,
+                 notes: list[str]) -> str | None:
     """The parent run whose trials are reported: the one asked for, else the latest sweep (None: no parent runs)."""
-    parents = _search(client, experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")
+    parents = search_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")
     if sweep_run_id is not None:
         if sweep_run_id not in {p.info.run_id for p in parents}:
             known = ", ".join(p.info.run_id for p in parents) or "(none)"
@@ -118,20 +121,36 @@ def _sweep_parent(client: MlflowClient, experiment_id: str, experiment: str, swe
     return latest.info.run_id
 
 
-def _trial_runs(client: MlflowClient, experiment_id: str, parent: str | None) -> list:
+def trial_runs(client: MlflowClient, experiment_id: str, parent: str | None) -> list:
     query = f"tags.`{ROLE_TAG}` = 'trial'"
     if parent is not None:
         query += f" and tags.`{PARENT_TAG}` = '{parent}'"
-    return _search(client, experiment_id, query)
+    return search_runs(client, experiment_id, query)
 
 
 def _keys(keys: str | Sequence[str]) -> tuple[str, ...]:
     return (keys,) if isinstance(keys, str) else tuple(keys)  # "loss.box" is one key, not 8 letters
 
 
+def _fill_defaults(trials: list[TrialResult], rows: tuple[str, ...], notes: list[str]) -> None:
+    """A trial logged before a config key existed (no `model.neck` param) has that key's default value."""
+    defaults = CONFIG_DEFAULTS
+    for key in rows:
+        placed = [t.trial_id for t in trials if key not in t.params and key in defaults]
+        for trial in trials:
+            if trial.trial_id in placed:
+                trial.params[key] = str(defaults[key])
+        if placed:
+            notes.append(f"No `{key}` param (logged before the key existed), so counted at its default "
+                         f"{key}={defaults[key]}: trial(s) {', '.join(placed)}.")
+
+
+CONFIG_DEFAULTS = Config().flat()
+
+
 def _check_keys(runs: list, metric: str, rows: tuple[str, ...]) -> None:
     params = sorted({k for r in runs for k in r.data.params})
-    missing = [k for k in rows if not any(k in r.data.params for r in runs)]
+    missing = [k for k in rows if not any(k in r.data.params for r in runs) and k not in CONFIG_DEFAULTS]
     if missing:
         raise ReportError(f"no trial has the param '{missing[0]}' to group rows by; params of the trials: "
                           f"{', '.join(params)}")
@@ -162,12 +181,17 @@ def _score_trial(client: MlflowClient, run, metric: str, wanted: list[str], mode
 
 
 def _by_step(history: list) -> dict[int, float]:
-    """step -> value; a step logged twice (a retried flush) keeps its latest value, NaN is dropped."""
-    out: dict[int, tuple[int, float]] = {}
+    """step -> value (`latest_by_step`)."""
+    return {step: m.value for step, m in latest_by_step(history).items()}
+
+
+def latest_by_step(history: list) -> dict[int, Metric]:
+    """step -> its metric; a step logged twice (a retried flush) keeps its latest value, NaN is dropped."""
+    out: dict[int, Metric] = {}
     for m in history:
-        if not math.isnan(m.value) and (m.step not in out or m.timestamp >= out[m.step][0]):
-            out[m.step] = (m.timestamp, m.value)
-    return {step: value for step, (_, value) in out.items()}
+        if not math.isnan(m.value) and (m.step not in out or m.timestamp >= out[m.step].timestamp):
+            out[m.step] = m
+    return out
 
 
 def _swept_params(trials: list[TrialResult]) -> list[str]:

@@ -8,15 +8,15 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from pgnet.registry import BACKBONES, BOX_LOSSES, NORMS
+from pgnet.registry import ALL
 
-TABLE3_ROWS = ("model.backbone", "model.norm")
+TABLE3_ROWS = ("model.backbone", "model.neck", "model.norm")
 TABLE3_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APS", "bbox/APM", "bbox/APL", "keypoints/AP")
 ALSO_READ = ("keypoints/AP50", "keypoints/AP75")  # in the CSV beside the table's columns
 # ASHA stops a trial by ending it KILLED: its evaluations up to then are real, so it competes.
 COUNTED_STATUSES = ("FINISHED", "KILLED")
 STOPPED_EARLY = "KILLED"
-KNOWN_ORDER = {"model.backbone": BACKBONES, "model.norm": NORMS, "loss.box": BOX_LOSSES}  # registration order
+KNOWN_ORDER = {registry.key: registry for registry in ALL}  # each registry's names, in registration order
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pipelines.sweeps.report_model import (
 )
 
 STOPPED_MARK = "†"
-LABELS = {"model.backbone": "Backbone", "model.norm": "Norm", "loss.box": "Box loss"}
+LABELS = {"model.backbone": "Backbone", "model.neck": "Neck", "model.norm": "Norm", "loss.box": "Box loss"}
 LOSS_KEY = "loss.box"
 PLOT_LABELS = {"bbox/AP": "box AP", "keypoints/AP": "key-point AP"}
 
@@ -39,7 +39,7 @@ class Report(ReportModel):
         header = [_label(k) for k in self.rows] + [_column_label(c) for c in self.columns]
         header += (["best trial's loss"] if loss else []) + (["other swept params"] if others else [])
         header += ["best trial", "trials"]
-        lines = [_md_row(header), _md_row(["---"] * len(header))]
+        lines = [md_row(header), md_row(["---"] * len(header))]
         for cell in self.cells:
             best = cell.best
             row = list(cell.key) + [format_percent(best.values.get(c)) for c in self.columns]
@@ -47,19 +47,19 @@ class Report(ReportModel):
                 row.append(best.params.get(LOSS_KEY, "—"))
             if others:
                 row.append(", ".join(f"{k}={best.params.get(k, '—')}" for k in others))
-            row.append(_trial_label(best))
+            row.append(trial_label(best))
             row.append(str(cell.trials) + (f" ({cell.stopped_early} stopped early)" if cell.stopped_early else ""))
-            lines.append(_md_row(row))
+            lines.append(md_row(row))
         return "\n".join(lines)
 
     def trials_markdown(self) -> str:
         """Every trial run: the params that vary across trials, its status and its best `metric`."""
         header = ["trial", *self.swept, "status", "best epoch", "step", _column_label(self.metric)]
-        lines = [_md_row(header), _md_row(["---"] * len(header))]
+        lines = [md_row(header), md_row(["---"] * len(header))]
         for t in sorted(self.trials, key=lambda t: rank(t, self.metric, self.mode), reverse=True):
             status = t.status + _uncounted_reason(t)
             epoch = "—" if t.epoch is None else f"{t.epoch:g}"
-            lines.append(_md_row([t.trial_id, *[t.params.get(k, "—") for k in self.swept], status, epoch,
+            lines.append(md_row([t.trial_id, *[t.params.get(k, "—") for k in self.swept], status, epoch,
                                   "—" if t.step is None else str(t.step),
                                   format_metric(self.metric, t.values.get(self.metric))]))
         return "\n".join(lines)
@@ -159,7 +159,7 @@ def _csv_value(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else repr(float(value))
 
 
-def _md_row(cells: Sequence[str]) -> str:
+def md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
@@ -182,7 +182,7 @@ def _uncounted_reason(trial: TrialResult) -> str:
     return " (no evaluation)" if trial.status in COUNTED_STATUSES else " (not counted)"
 
 
-def _trial_label(trial: TrialResult) -> str:
+def trial_label(trial: TrialResult) -> str:
     epoch = "" if trial.epoch is None else f" (epoch {trial.epoch:g})"
     return f"{trial.trial_id}{epoch}{STOPPED_MARK if trial.stopped_early else ''}"
 

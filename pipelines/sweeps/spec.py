@@ -3,6 +3,11 @@
 Loaded into dataclasses and checked before anything starts: an unknown key, a
 search-space key that is not a training-config key, or a value outside its
 choices is an error naming the key and the file.
+
+A search-space key is a training-config key (`model.norm: {grid: [gn, cbn]}`), or names a group of keys
+set together, whose grid or choice values are mappings of config keys:
+`arch: {grid: [{model.backbone: resnet50, model.neck: fpn}, {model.backbone: resnet50, model.neck: cffm}]}`
+(the paper's Table 3 crosses only some backbones with some necks).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from pgnet.config import (
     resolve_config_path,
 )
 from pgnet.evaluation import metric_names
-from pgnet.typed_yaml import read_yaml, resolve_bundled
+from pgnet.typed_yaml import flatten, read_yaml, resolve_bundled
+from pipelines.training.ray_runtime import cpus_per_run
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
@@ -63,11 +69,17 @@ class SweepConfig:
         return apply_overrides(self.base_file_values, {**self.overrides, "train.eval_every": 1})
 
     def trial_config(self, params: dict[str, Any]) -> Config:
-        return config_from_dict(apply_overrides(self.base_values(), params), f"{self.source} (trial {params})")
+        flat = expand_params(params)
+        return config_from_dict(apply_overrides(self.base_values(), flat), f"{self.source} (trial {flat})")
 
     def base_config(self) -> Config:
         """The config of the first trial: what every trial shares (data, tracking, resources)."""
         return self.trial_config(self.corner_params()[0])
+
+    def largest_trial_config(self) -> Config:
+        """The trial that asks Ray for the most CPUs (its Train workers): what a local Ray and the capacity
+        check are sized for, since a sweep may vary pipeline.stages (each trial's workers follow its own)."""
+        return max((self.trial_config(p) for p in self.corner_params()), key=cpus_per_run)  # ties: the first
 
     def param_space(self) -> dict[str, Any]:
         """The Tune search space, keyed by the flat config keys."""
@@ -90,6 +102,15 @@ class SweepConfig:
         return [dict(zip(keys, combo)) for combo in itertools.islice(itertools.product(*options), 200)]
 
 
+def expand_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params as config keys: a group's mapping (`arch: {model.backbone: ..., model.neck: ...}`)
+    becomes its keys; the other params stay as they are."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        out.update(flatten(value) if isinstance(value, dict) else {key: value})
+    return out
+
+
 def _domain(spec: dict[str, Any]):
     # imported here: loading or dry-running a sweep (`pgnet sweep --dry-run`) must not pay for Ray
     from ray import tune
@@ -110,6 +131,10 @@ def _check_domain(key: str, spec: Any, source: str) -> None:
     if kind in ("grid", "choice"):
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{source}: search_space.{key}.{kind} must be a non-empty list")
+        groups = [isinstance(v, dict) for v in value]
+        if any(groups) and not (all(groups) and all(value)):
+            raise ConfigError(f"{source}: search_space.{key}.{kind}: a group's values are all non-empty mappings "
+                              f"of config keys ({{model.backbone: resnet50, model.neck: fpn}}), got {value!r}")
     elif not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
               and value[0] < value[1]):
         raise ConfigError(f"{source}: search_space.{key}.{kind} must be [low, high] with low < high, got {value!r}")
@@ -121,9 +146,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep file; bundled sweeps resolve by name (`smoke` -> tune_configs/smoke.yaml)."""
     file = resolve_sweep_path(path).absolute()  # trials run in other working directories
     source = str(file)
-    raw = read_yaml(file, source)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a sweep file must be a YAML mapping, got {type(raw).__name__}")
+    raw = _read_sweep_file(file, source, seen=())
     for required in ("name", "base", "search_space"):
         if required not in raw:
             raise ConfigError(f"{source}: '{required}' is required")
@@ -134,6 +157,30 @@ def load_sweep(path: str | Path) -> SweepConfig:
     sweep.overrides.setdefault("tracking.experiment", sweep.name)  # one MLflow experiment per sweep
     _validate(sweep)
     return sweep
+
+
+def _read_sweep_file(file: Path, source: str, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A sweep file's mapping; with `extends: OTHER`, OTHER's (a bundled name or a path beside this file) with
+    this file's keys on top: `overrides` and `search_space` are merged key by key, the rest replaced."""
+    raw = read_yaml(file, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a sweep file must be a YAML mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    beside = file.parent / str(parent)
+    parent_file = (beside if beside.is_file() else resolve_sweep_path(str(parent))).absolute()
+    if parent_file in (file, *seen):
+        raise ConfigError(f"{source}: 'extends: {parent}' makes a cycle of sweep files")
+    merged = _read_sweep_file(parent_file, f"{parent_file} (extended by {source})", (*seen, file))
+    if isinstance(merged.get("overrides"), dict):  # each sweep its own experiment, unless this file names one
+        merged["overrides"].pop("tracking.experiment", None)
+    for key, value in raw.items():
+        if key in ("overrides", "search_space") and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _base_path(base: str, sweep_file: Path) -> Path:
@@ -165,8 +212,15 @@ def _validate(sweep: SweepConfig) -> None:
         raise ConfigError(f"{src}: num_samples and max_concurrent_trials must be >= 1")
     base = sweep.base_values()
     known = set(config_from_dict(base, f"{src} (base {sweep.base})").flat())
-    for key in sweep.search_space:
-        if key not in known:
+    for key, spec in sweep.search_space.items():
+        values = next(iter(spec.values()))
+        if isinstance(values, list) and isinstance(values[0], dict):  # a group: its mappings hold the keys
+            unknown = sorted({k for v in values for k in flatten(v)} - known)
+            if key in known or unknown:
+                raise ConfigError(f"{src}: search_space.{key} sets keys together: name the group with a word "
+                                  f"that is not a config key, and give its values as config keys"
+                                  + (f" ({', '.join(unknown)} are not)" if unknown else ""))
+        elif key not in known:
             raise ConfigError(f"{src}: search_space key '{key}' is not a training-config key")
     for params in sweep.corner_params():  # every grid value must make a valid training config
         if sweep.trial_config(params).pipeline.stages < 1:

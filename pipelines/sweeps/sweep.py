@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pgnet.config import Config
 from pgnet.data.source import resolve_data_root
 from pgnet.errors import OutputExistsError
-from pipelines.sweeps.spec import SweepConfig
+from pipelines.sweeps.spec import SweepConfig, expand_params
 from pipelines.tracking.artifacts import log_run_artifacts
 from pipelines.tracking.hooks import MlflowHooks
 from pipelines.tracking.runs import (
@@ -69,7 +69,7 @@ def trial_run_id(client: MlflowClient, cfg: Config, trial_id: str, trial_name: s
     found = reopen_tagged_run(client, cfg.tracking.experiment, TRIAL_TAG, trial_id)
     if found:
         return found.info.run_id
-    swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
+    swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in expand_params(params).items())
     return start_run(client, cfg, run_name=f"{trial_name} ({swept})", parent_run_id=parent_run_id,
                      extra_tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
 
@@ -165,8 +165,9 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
     pin_paths(sweep, base)
     resolve_data_root(base.data)  # generate the synthetic set once, before trials start
     concurrent = min(sweep.max_concurrent_trials, sweep.total_trials())
-    ensure_ray(base, concurrent_runs=concurrent)
-    check_capacity(base, concurrent)
+    largest = sweep.largest_trial_config()  # a swept pipeline.stages makes some trials larger than the first
+    ensure_ray(largest, concurrent_runs=concurrent)
+    check_capacity(largest, concurrent)
     uri = tracking_uri(base.tracking.tracking_uri)
     client = MlflowClient(uri)
     parent = sweep_parent_run(client, sweep, base, storage, resume)

@@ -45,8 +45,9 @@ def render_run_pngs(run_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def render_predictions_png(run_dir: Path, path: Path) -> Path | None:
-    """Draw the best evaluation's predictions (`val_predictions_best.json`) on the first validation images."""
+def render_predictions_png(run_dir: Path, path: Path, score_threshold: float = 0.3) -> Path | None:
+    """Draw the best evaluation's predictions (`val_predictions_best.json`) scored `score_threshold` or more on
+    the first validation images."""
     from PIL import Image
 
     from pgnet.data.dataset import coco_paths
@@ -67,6 +68,6 @@ def render_predictions_png(run_dir: Path, path: Path) -> Path | None:
         people = [r for r in results if r["image_id"] == record.image_id]
         with Image.open(record.file) as img:
             pairs.append((img.convert("RGB"), people))
-    return predictions_grid(pairs, path, cols=4) if pairs else None
+    return predictions_grid(pairs, path, cols=4, score_threshold=score_threshold) if pairs else None
 
 

@@ -45,7 +45,7 @@ def test_yaml_file_sets_values_and_keeps_defaults(tmp_path):
     assert cfg.data.augment.scale == (0.5, 1.5)
     assert cfg.optim.milestones == (0.5, 0.8)
     # Untouched values are the dataclass defaults.
-    assert cfg.model.cffm_channels == Config().model.cffm_channels
+    assert cfg.model.neck_channels == Config().model.neck_channels
     assert cfg.train == Config().train
 
 
@@ -174,7 +174,7 @@ def test_unknown_override_key_names_the_key_and_the_file(tmp_path):
 @pytest.mark.parametrize("override, key", [
     ("train.epochs=two", "train.epochs"),
     ("train.epochs=1.5", "train.epochs"),
-    ("model.cffm_channels=true", "model.cffm_channels"),
+    ("model.neck_channels=true", "model.neck_channels"),
     ("model.guidance=3", "model.guidance"),
     ("model.guidance=yes please", "model.guidance"),
     ("optim.lr=fast", "optim.lr"),

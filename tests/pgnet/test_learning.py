@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # cpu_small shrunk to run in under a minute: the same model parts, optimiser, augmentation,
 # precision, loss weights and decoding.
 TINY_LEARNER = [
-    "model.cffm_channels=32", "model.decoder_channels=32", "model.head_channels=16",
+    "model.neck_channels=32", "model.decoder_channels=32", "model.head_channels=16",
     "data.input_size=[96, 96]", "data.synthetic.image_size=[192, 192]",
     "data.synthetic.train_images=192", "data.synthetic.val_images=32",
     "train.batch_size=16", "train.epochs=10", "train.eval_every=10", "train.log_every=50",

@@ -169,7 +169,7 @@ def test_bf16_model_outputs_are_float32(make_config):
     images = torch.randn(2, 3, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(images)
-        features = model.decoder(model.cffm(*model.backbone(images))[0])
+        features = model.decoder(model.neck(*model.backbone(images))[0])
     assert features.dtype == torch.bfloat16  # the body did compute in bf16
     assert {name: v.dtype for name, v in outputs.items()} == {name: torch.float32 for name in outputs}
 

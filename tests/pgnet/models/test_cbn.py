@@ -212,6 +212,25 @@ def test_cbn_burn_in_then_window():
     assert sizes == [0, 0, 0, 1, 2, 2]
 
 
+@pytest.mark.parametrize("burnin", [0, 1, 2], ids=["window", "burn-in-ends-between", "burn-in"])
+def test_micro_batches_forwarded_before_their_backwards_get_the_gradients_of_one_at_a_time(burnin):
+    """A pipeline forwards several micro-batches before their backwards (1F1B: F0 F1 B0 B1). The second forward
+    updates the running statistics that the first one's BN saved for its backward, which must not fail
+    (it did when the burn-in ended between them) and must give the gradients of forward-backward pairs."""
+    torch.manual_seed(8)
+    net = conv_cbn(nn.Conv2d(3, 4, 3, padding=1, bias=False), window=2, burnin=burnin)
+    twin = copy.deepcopy(net)
+    xs = [torch.randn(2, 3, 6, 6) for _ in range(2)]
+    outs = [net(x) for x in xs]  # F0 F1
+    for y in outs:  # B0 B1
+        y.pow(2).mean().backward()
+    for x in xs:  # the reference: F0 B0 F1 B1
+        twin(x).pow(2).mean().backward()
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        assert_close(p.grad, q.grad, msg=name)
+    assert_close(net[1].running_var, twin[1].running_var, rtol=0, atol=0)
+
+
 def test_cbn_without_graph_is_plain_batchnorm():
     """Training-mode forward under no_grad (nothing to differentiate): BN, history untouched."""
     torch.manual_seed(7)

@@ -1,7 +1,7 @@
 """Tests of the PGNet network: `build_model` over backbones and norms, the output contract, the units
 (every pipeline cut equals the whole network), their state-dict shards, and pretrained weights.
 
-The reference for the units is the network composed by hand from its parts (backbone, CFFM,
+The reference for the units is the network composed by hand from its parts (backbone, neck,
 guidance head, decoder, heads), not `PGNet.forward`, which itself runs the units.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONTRACT = {"hm": 1, "wh": 2, "reg": 2, "kps": 34, "hm_hp": 17, "hp_offset": 2,
             "guide_hm": 1, "guide_wh": 2, "guide_reg": 2}
 DETECTION = ("hm", "wh", "reg", "kps", "hm_hp", "hp_offset")
-SMALL = dict(cffm_channels=32, decoder_channels=32, head_channels=16, gn_groups=8)
+SMALL = dict(neck_channels=32, decoder_channels=32, head_channels=16, gn_groups=8)
 NORMS = ("bn", "gn", "syncbn", "cbn", "frozenbn")
 VARIANTS = ([("resnet18", n) for n in NORMS] + [("resnet34", n) for n in NORMS]
             + [("resnet50", "gn"), ("resnet101", "frozenbn")])
@@ -41,17 +41,17 @@ def images(batch: int = 2, height: int = 64, width: int = 96, seed: int = 1) -> 
 
 
 def reference_forward(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PGNet composed from its parts: backbone -> CFFM -> decoder (+ C2 with `decoder_c2`) -> heads, and
+    """PGNet composed from its parts: backbone -> neck -> decoder (+ C2 with `decoder_c2`) -> heads, and
     P4 -> guidance head."""
     c3, c4, c5 = model.backbone(x)
-    p3, p4 = model.cffm(c3, c4, c5)
+    p3, *p4 = model.neck(c3, c4, c5)
     if model.decoder_c2:
         features = model.decoder(p3, model.backbone.layer1(model.backbone.stem(x)))
     else:
         features = model.decoder(p3)
     out = model.heads(features)
     if model.guidance is not None:
-        out.update(GuidanceHead.to_output_stride(model.guidance(p4), features.shape[-2:]))
+        out.update(GuidanceHead.to_output_stride(model.guidance(*p4), features.shape[-2:]))
     return out
 
 
@@ -124,7 +124,7 @@ def test_guidance_outputs_are_the_stride_16_maps_upsampled():
     model = small_model().eval()
     x = images()
     with torch.no_grad():
-        _, p4 = model.cffm(*model.backbone(x))
+        _, p4 = model.neck(*model.backbone(x))
         hm16, wh16, reg16 = model.guidance(p4)
         out = model(x)
     assert hm16.shape[-2:] == (4, 6)  # stride 16
@@ -144,18 +144,21 @@ def test_models_of_one_seed_are_equal_and_of_two_seeds_differ():
 
 # --- units -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backbone, guidance, decoder_c2", [
-    ("resnet18", True, False), ("resnet18", False, False), ("resnet50", True, False), ("resnet50", False, False),
-    ("resnet18", True, True), ("resnet50", False, True),
+@pytest.mark.parametrize("backbone, guidance, decoder_c2, neck", [
+    ("resnet18", True, False, "cffm"), ("resnet18", False, False, "cffm"), ("resnet50", True, False, "cffm"),
+    ("resnet50", False, False, "cffm"), ("resnet18", True, True, "cffm"), ("resnet50", False, True, "cffm"),
+    ("resnet18", True, False, "fpn"), ("resnet18", False, True, "fpn"), ("resnet50", True, True, "fpn"),
 ])
-def test_every_cut_of_the_units_equals_the_network(backbone, guidance, decoder_c2):
-    model = small_model(backbone, "bn", guidance, decoder_c2=decoder_c2).eval()
+def test_every_cut_of_the_units_equals_the_network(backbone, guidance, decoder_c2, neck):
+    model = small_model(backbone, "bn", guidance, decoder_c2=decoder_c2, neck=neck).eval()
     assert (model.decoder.lateral2 is not None) == decoder_c2
     x = images()
     units = model.units()
     blocks = sum(len(getattr(model.backbone, f"layer{i}")) for i in range(1, 5))
-    # stem, blocks, CFFM, (guidance), decoder, one unit per detection head
-    assert len(units) == 1 + blocks + 2 + int(guidance) + len(DETECTION_OUTPUTS)
+    # stem, blocks, the neck's levels (CFFM: 3; FPN: 3 and 1 or 2 output convs), (guidance), decoder, one unit
+    # per detection head
+    neck_steps = 3 if neck == "cffm" else 4 + int(guidance)
+    assert len(units) == 1 + blocks + neck_steps + int(guidance) + 1 + len(DETECTION_OUTPUTS)
     with torch.no_grad():
         expected = reference_forward(model, x)
         assert_close(model(x), expected, rtol=0, atol=0)
@@ -177,13 +180,15 @@ def test_units_share_the_model_parameters():
     assert unit_params == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize("backbone, norm, guidance, decoder_c2", [
-    ("resnet18", "bn", True, False), ("resnet18", "bn", False, False), ("resnet18", "cbn", True, False),
-    ("resnet18", "gn", True, False), ("resnet18", "frozenbn", False, False), ("resnet50", "syncbn", True, False),
-    ("resnet18", "cbn", True, True),
+@pytest.mark.parametrize("backbone, norm, guidance, decoder_c2, neck", [
+    ("resnet18", "bn", True, False, "cffm"), ("resnet18", "bn", False, False, "cffm"),
+    ("resnet18", "cbn", True, False, "cffm"), ("resnet18", "gn", True, False, "cffm"),
+    ("resnet18", "frozenbn", False, False, "cffm"), ("resnet50", "syncbn", True, False, "cffm"),
+    ("resnet18", "cbn", True, True, "cffm"), ("resnet18", "cbn", True, False, "fpn"),
+    ("resnet18", "gn", False, True, "fpn"),
 ])
-def test_unit_shards_partition_the_state_dict(backbone, norm, guidance, decoder_c2):
-    model = small_model(backbone, norm, guidance, decoder_c2=decoder_c2)
+def test_unit_shards_partition_the_state_dict(backbone, norm, guidance, decoder_c2, neck):
+    model = small_model(backbone, norm, guidance, decoder_c2=decoder_c2, neck=neck)
     full = model.state_dict()
     counts = Counter(key for unit in model.units() for key in unit.shard_state())
     duplicates = [k for k, n in counts.items() if n > 1]
@@ -232,7 +237,7 @@ def test_torchvision_weights_load_into_the_backbone(resnet18_file, norm):
         assert torch.equal(backbone["layer2.0.downsample.1.running_var"], saved["layer2.0.downsample.1.running_var"])
     # Only the backbone comes from the file: the rest is the seed's.
     scratch = small_model("resnet18", norm)
-    assert torch.equal(model.cffm.lateral3.conv.weight, scratch.cffm.lateral3.conv.weight)
+    assert torch.equal(model.neck.level3.lateral.conv.weight, scratch.neck.level3.lateral.conv.weight)
 
 
 @pytest.mark.parametrize("model_backbone, file_backbone", [
@@ -288,7 +293,7 @@ def test_pgnet_checkpoint_as_pretrained_loads_the_whole_network(tmp_path):
 
 
 def test_pgnet_checkpoint_of_another_network_is_a_clear_error(tmp_path):
-    other = small_model(cffm_channels=48)
+    other = small_model(neck_channels=48)
     path = save_atomic({"model": other.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="another network.*model\\.\\*"):
         small_model(pretrained=str(path))

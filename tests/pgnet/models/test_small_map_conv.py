@@ -115,7 +115,7 @@ def test_conversion_keeps_the_parameters_and_the_state_dict():
 
 @pytest.mark.parametrize("on", [False, True])
 def test_model_config_switches_the_backbone_convolutions(on):
-    model = build_model(ModelConfig(small_map_matmul=on, cffm_channels=32, decoder_channels=32, head_channels=16))
+    model = build_model(ModelConfig(small_map_matmul=on, neck_channels=32, decoder_channels=32, head_channels=16))
     backbone_convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
     assert all((type(m) is SmallMapConv2d) == on for m in backbone_convs)
-    assert not any(type(m) is SmallMapConv2d for m in model.cffm.modules())  # the backbone's alone
+    assert not any(type(m) is SmallMapConv2d for m in model.neck.modules())  # the backbone's alone

@@ -120,7 +120,7 @@ def test_pipeline_and_data_write_their_records(monkeypatch, tmp_path, capsys, mo
 
 def test_a_tiny_small_maps_run_records_the_ratio_it_printed(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text("model: {backbone: resnet18, cffm_channels: 32, decoder_channels: 32, head_channels: 16}\n"
+    config.write_text("model: {backbone: resnet18, neck_channels: 32, decoder_channels: 32, head_channels: 16}\n"
                       "data: {input_size: [64, 64]}\n"
                       "train: {batch_size: 2}\n")
     out = tmp_path / "records"

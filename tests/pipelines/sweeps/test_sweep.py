@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pgnet.run.metrics_log import read_jsonl
+from pipelines.sweeps.paper_report import build_paper_report
 from pipelines.sweeps.spec import load_sweep
 from pipelines.sweeps.sweep import run_sweep
 from pipelines.tracking.runs import ROLE_TAG
@@ -36,6 +37,8 @@ def sweep_file(tmp_path: Path, synthetic_dir: Path, name: str, search_space: dic
                       "model.decoder_c2": False})
     spec = {"name": name, "base": "cpu_small", "overrides": overrides, "search_space": search_space,
             "metric": "loss", "mode": "min", "max_concurrent_trials": 2, **extra}
+    if "extends" in spec:  # the extended sweep names the base
+        del spec["base"]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -56,23 +59,31 @@ def runs_of(client: MlflowClient, experiment: str) -> tuple[list, list]:
             [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"])
 
 
-def test_asha_sweep_is_tracked_in_mlflow(local_ray, synthetic_dir, mlflow_store, tmp_path):
-    # one stage per trial: what is tested here is Tune, ASHA and MLflow (a trial on one worker starts faster);
-    # the crashing-trial test below runs 2-stage trials
-    path = sweep_file(tmp_path, synthetic_dir, "asha", {"loss.box": {"grid": ["iou", "giou", "diou", "cdiou"]}},
-                      stages=1, scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+def test_a_shrunken_table3_sweep_is_tracked_in_mlflow_and_reported_as_the_paper(local_ray, synthetic_dir,
+                                                                                 mlflow_store, tmp_path):
+    """table3_synthetic, shrunken to 4 of its cells and tiny trials, under ASHA: sweep -> MLflow -> paper report.
+
+    One stage per trial: what is tested here is Tune, ASHA, MLflow and the report (a trial on one worker
+    starts faster); the crashing-trial test below runs 2-stage trials."""
+    cells = [{"model.backbone": "resnet50", "model.neck": neck} for neck in ("fpn", "cffm")]
+    path = sweep_file(tmp_path, synthetic_dir, "table3_small", {"arch": {"grid": cells},
+                                                                 "model.norm": {"grid": ["gn", "cbn"]}},
+                      stages=1, extends="table3_synthetic",
+                      scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
     grid = run_sweep(load_sweep(path), storage=tmp_path / "sweeps")
     assert len(grid) == 4 and not any(r.error for r in grid)
 
-    parents, trials = runs_of(mlflow_store, "asha")
+    parents, trials = runs_of(mlflow_store, "table3_small")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(trials) == 4
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
     statuses = sorted(t.info.status for t in trials)
     assert "KILLED" in statuses and "FINISHED" in statuses, statuses  # ASHA stopped someone
+    assert sorted((t.data.params["model.neck"], t.data.params["model.norm"]) for t in trials) == [
+        ("cffm", "cbn"), ("cffm", "gn"), ("fpn", "cbn"), ("fpn", "gn")]
     for run in trials:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        assert params["model.norm"] == "gn" and params["loss.box"] in ("iou", "giou", "diou", "cdiou")
+        assert params["model.backbone"] == "resnet50" and params["loss.box"] == "cdiou"
         assert params["pipeline.stages"] == "1"
         assert {"pgnet.git_commit", "pgnet.torch_version", "pgnet.ray_version", "pgnet.stages",
                 "pgnet.data_parallel", "pgnet.schedule"} <= set(tags)
@@ -87,6 +98,18 @@ def test_asha_sweep_is_tracked_in_mlflow(local_ray, synthetic_dir, mlflow_store,
         assert {"config.yaml", "metrics.jsonl", "evaluations.jsonl", "checkpoints", "plots"} <= artifacts
         plots = {a.path for a in mlflow_store.list_artifacts(run.info.run_id, "plots")}
         assert plots == {"plots/loss_curves.png", "plots/val_predictions.png"}
+
+    # the paper's layout, from the store alone: the four cells measured, the other five not run
+    report = build_paper_report("table3_small", "table3")
+    rows = [line.split("|")[1:-1] for line in report.table_markdown().splitlines()[2:]]
+    states = [("not run" if "not run" in row[2] else "measured") for row in rows]
+    assert states == ["measured", "not run", "measured", "not run", "not run", "not run", "measured", "not run",
+                      "measured"]  # R50+FPN: GN, syncGN, CBN; R101+FPN: ...; R50+CFFM: GN, syncGN, CBN
+    by_cell = {(t.data.params["model.neck"], t.data.params["model.norm"]): t for t in trials}
+    for row, (neck, norm) in ((rows[0], ("fpn", "gn")), (rows[8], ("cffm", "cbn"))):
+        run = by_cell[(neck, norm)]
+        best = max(m.value for m in mlflow_store.get_metric_history(run.info.run_id, "bbox/AP"))
+        assert row[2].strip().startswith(f"{100 * best:.1f} / {'37.8' if neck == 'fpn' else '39.4'} (")
 
 
 def test_a_crashing_trial_ends_failed_in_mlflow(local_ray, synthetic_dir, mlflow_store, tmp_path):
