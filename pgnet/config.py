@@ -257,6 +257,11 @@ class Config:
         problem = PIPELINE_SCHEDULES.get(p.schedule).check(p)
         if problem:
             raise ConfigError(f"pipeline.schedule={p.schedule} {problem}")
+        if self.model.norm == "cbn" and self.model.cbn_burnin < 1:
+            # torch's pipelining runs every stage once on uninitialised stand-in inputs at the first step, to
+            # learn the shapes (DEVELOPERS.md); outside the burn-in CBN would keep their statistics
+            raise ConfigError("model.cbn_burnin must be >= 1 in a pipeline run (model.norm=cbn): the stages' "
+                              "shape inference at the first step must see plain BatchNorm")
 
 
 def _check_registered(section: Any, prefix: str = "") -> None:

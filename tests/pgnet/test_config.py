@@ -243,6 +243,7 @@ def test_input_size_must_be_positive_multiples_of_32(size):
     (["data.synthetic.people=[3, 2]"], "data.synthetic.people"),
     (["data.synthetic.heights=[0.05, 0.9]"], "data.synthetic.heights"),
     (["data.synthetic.heights=[0.9, 0.5]"], "data.synthetic.heights"),
+    (["pipeline.stages=2", "pipeline.microbatches=2", "model.norm=cbn", "model.cbn_burnin=0"], "model.cbn_burnin"),
 ])
 def test_inconsistent_values_are_refused(overrides, words):
     with pytest.raises(ConfigError, match=words):
