@@ -59,7 +59,7 @@ def build_paper_report(experiment: str, paper: str | Path = "table3", tracking_u
     Each row's trial is picked by `metric`, by default the table's first column (Table 3: `bbox/AP`)."""
     table = load_paper_table(paper)
     metric = metric or next(iter(table.columns))
-    rows = tuple(k for k in table.keys if k not in table.defaults)  # keys every trial run has
+    rows = table.keys  # a run logged before one of them existed is placed at the config's default (build_report)
     report = build_report(experiment, tracking_uri, metric, rows=rows,
                           columns=(*table.columns, *table.measured_only), sweep_run_id=sweep_run_id, mode=mode)
     return PaperReport(report, table)
@@ -95,11 +95,6 @@ class PaperReport:
         for t in self.outside:
             config = ", ".join(f"{k}={v or '—'}" for k, v in zip(self.table.keys, self.table.key_of(t.params)))
             notes.append(f"Not in {self.table.table}: trial {t.trial_id} ({config}, {t.status}).")
-        for key, value in self.table.defaults.items():
-            older = [t.trial_id for t in self.report.trials if key not in t.params]
-            if older:
-                notes.append(f"No `{key}` param (logged before it existed), counted as {key}={value}: "
-                             f"trial(s) {', '.join(older)}.")
         return notes
 
     # ------------------------------------------------------------------ Markdown

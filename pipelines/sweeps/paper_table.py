@@ -13,7 +13,7 @@ from pgnet.typed_yaml import read_yaml
 
 PAPER_DIR = Path(__file__).parent / "paper"  # shipped as package data (pyproject.toml)
 TOP_KEYS = {"paper": True, "table": True, "caption": False, "where": False, "columns": True,
-            "measured_only": False, "group_header": False, "row_header": False, "row_param": True, "defaults": False,
+            "measured_only": False, "group_header": False, "row_header": False, "row_param": True,
             "groups": True}  # key: required
 GROUP_KEYS = {"label": True, "shown": False, "params": True, "rows": True}
 ROW_KEYS = {"label": True, "shown": False, "value": True, "values": True}
@@ -68,7 +68,6 @@ class PaperTable:
     measured_only: tuple[str, ...]  # metrics reported beside them that the paper does not give
     headers: tuple[str, str]  # the printed headers of the group and the row labels: ("Backbone", "Norm")
     keys: tuple[str, ...]  # the config keys a row is told apart by: the groups' params, then `row_param`
-    defaults: dict[str, str]  # key -> the value of a run logged before that key existed
     groups: tuple[PaperGroup, ...]
 
     @property
@@ -76,8 +75,8 @@ class PaperTable:
         return [(group, row) for group in self.groups for row in group.rows]
 
     def key_of(self, params: dict[str, str]) -> tuple[str | None, ...]:
-        """A run's values of `keys` (its params, else `defaults`; None where it has neither)."""
-        return tuple(params.get(k, self.defaults.get(k)) for k in self.keys)
+        """A run's values of `keys` (None where it has no such param)."""
+        return tuple(params.get(k) for k in self.keys)
 
 
 def paper_table_names() -> list[str]:
@@ -106,8 +105,6 @@ def parse_paper_table(data: Any, name: str, source: str) -> PaperTable:
     measured_only = tuple(_text(m, source, "measured_only") for m in _list(top.get("measured_only", []), source,
                                                                            "measured_only", empty=True))
     row_param = _text(top["row_param"], source, "row_param")
-    defaults = {_text(k, source, "defaults"): _text(v, source, f"defaults.{k}")
-                for k, v in _mapping(top.get("defaults", {}), None, source, "defaults").items()}
     groups, keys = [], None
     for i, item in enumerate(_list(top["groups"], source, "groups")):
         where = f"groups[{i}]"
@@ -138,7 +135,7 @@ def parse_paper_table(data: Any, name: str, source: str) -> PaperTable:
                       _text(top.get("where", ""), source, "where", empty=True), columns, measured_only,
                       (_text(top.get("group_header", "Group"), source, "group_header"),
                        _text(top.get("row_header", row_param), source, "row_header")),
-                      tuple(keys), defaults, tuple(groups))
+                      tuple(keys), tuple(groups))
 
 
 def _row(item: Any, group: str, params: dict[str, str], row_param: str, columns: dict[str, str], paper: str,

@@ -97,7 +97,7 @@ def test_the_package_data_holds_table3_as_printed_with_its_sources():
     assert [g.label for g in table.groups] == ["ResNet50+FPN", "ResNet101+FPN", "ResNet50+proposed"]
     assert [g.shown for g in table.groups] == GROUPS
     assert list(table.columns) == list(BBOX) and table.measured_only == ("keypoints/AP",)
-    assert table.keys == ("model.backbone", "model.neck", "model.norm") and table.defaults == {"model.neck": "cffm"}
+    assert table.keys == ("model.backbone", "model.neck", "model.norm")
     got = {f"{g.label} / {r.label}": tuple(r.values[m].value for m in BBOX) for g, r in table.rows}
     assert got == PAPER  # in the printed order too
     assert list(got) == list(PAPER)
@@ -138,7 +138,8 @@ def test_markdown_lays_the_sweep_out_as_the_papers_table(store):
     text = report.to_markdown()
     assert "Not counted: trial e of ResNet50+proposed / GN, FAILED" in text
     assert "Not in Table 3: trial f (model.backbone=resnet18, model.neck=cffm, model.norm=bn, FINISHED)" in text
-    assert "No `model.neck` param (logged before it existed), counted as model.neck=cffm: trial(s) d." in text
+    assert "No `model.neck` param (logged before the key existed), so counted at its default model.neck=cffm: " \
+           "trial(s) d." in text
     assert "4 of 9 rows measured" not in text and "3 of 9 rows measured" in text
 
 
