@@ -132,20 +132,18 @@ def _keys(keys: str | Sequence[str]) -> tuple[str, ...]:
     return (keys,) if isinstance(keys, str) else tuple(keys)  # "loss.box" is one key, not 8 letters
 
 
+CONFIG_DEFAULTS = Config().flat()  # every config key's default, as MLflow params are keyed
+
+
 def _fill_defaults(trials: list[TrialResult], rows: tuple[str, ...], notes: list[str]) -> None:
     """A trial logged before a config key existed (no `model.neck` param) has that key's default value."""
-    defaults = CONFIG_DEFAULTS
-    for key in rows:
-        placed = [t.trial_id for t in trials if key not in t.params and key in defaults]
-        for trial in trials:
-            if trial.trial_id in placed:
-                trial.params[key] = str(defaults[key])
+    for key in (k for k in rows if k in CONFIG_DEFAULTS):
+        placed = [t for t in trials if key not in t.params]
+        for trial in placed:
+            trial.params[key] = str(CONFIG_DEFAULTS[key])
         if placed:
             notes.append(f"No `{key}` param (logged before the key existed), so counted at its default "
-                         f"{key}={defaults[key]}: trial(s) {', '.join(placed)}.")
-
-
-CONFIG_DEFAULTS = Config().flat()
+                         f"{key}={CONFIG_DEFAULTS[key]}: trial(s) {', '.join(t.trial_id for t in placed)}.")
 
 
 def _check_keys(runs: list, metric: str, rows: tuple[str, ...]) -> None:
