@@ -63,6 +63,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     def checkpoint() -> dict[str, Any]:
         return checkpoint_dict(cfg, run.state, model.state_dict(), optimizer.state_dict(), scheduler.state_dict())
 
+    def best_checkpoint() -> dict[str, Any]:  # for inference and export: no optimiser state (a third the size)
+        return checkpoint_dict(cfg, run.state, model.state_dict())
+
     state = _restore(run.dir, cfg, model, optimizer, scheduler, planned) if resume else RunState(total_steps=planned)
     run.begin(state)
     if resume:
@@ -97,7 +100,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
         if end.evaluate:
             metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress,
                                               precision=cfg.train.precision)
-            run.evaluated(metrics, results, checkpoint)
+            run.evaluated(metrics, results, best_checkpoint)
         if timer:
             state.time_used = timer.used()  # what a resumed run has left to spend
         if end.checkpoint:

@@ -1,7 +1,8 @@
 """Checkpoints as plain dicts a person can open with `torch.load`: built, written and read here only.
 
 A checkpoint is `{model, optimizer, scheduler, config, <RunState fields>}`: `optimizer` and
-`scheduler` only where the file is resumable (the single-process trainer's; a pipeline run's
+`scheduler` only where the file is resumable (the single-process trainer's `checkpoint_last.pt`; `checkpoint_best.pt`
+is weights only, for inference; a pipeline run's
 resumable state is its stage shards, `pipelines.training.shards`, whose meta file is the same dict
 without weights). Files are written atomically and read with `weights_only=True`
 (`pgnet.torch_files`): tensors, numbers, strings, lists and dicts, never code.
