@@ -27,7 +27,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="draw detected people on images and write COCO results")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", "--checkpoint", dest="model", required=True,
+                   help="a checkpoint (.pt) or a file `pgnet export` wrote (.onnx, .ts)")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw people above this score")
@@ -93,6 +94,6 @@ def _eval_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from pgnet.predict import predict_files
-    out = predict_files(args.checkpoint, args.images, args.out, draw_threshold=args.score_threshold)
+    out = predict_files(args.model, args.images, args.out, draw_threshold=args.score_threshold)
     print(f"drawn images and {out} written to {args.out}")
     return 0

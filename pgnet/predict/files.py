@@ -1,44 +1,17 @@
-"""Inference on image files: people drawn on each image, and a COCO results JSON.
-
-`load_for_inference` rebuilds the network from a checkpoint's own config.
-"""
+"""`pgnet predict` on image files and folders: people drawn on each image, and a COCO results JSON."""
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-from pgnet.config import Config, EvalConfig, config_from_dict
-from pgnet.data.records import ImageRecord
-from pgnet.data.sample import BadSample, make_sample, read_image
+from pgnet.config import EvalConfig
+from pgnet.data.sample import BadSample, read_image
 from pgnet.errors import DataError
-from pgnet.evaluation.inference import predict_coco
-from pgnet.models import PGNet, build_model
-from pgnet.run.checkpoint import load_checkpoint
+from pgnet.predict.predictor import Predictor
 from pgnet.visualize import draw_people
 
 log = logging.getLogger("pgnet.predict")
-
-
-def load_for_inference(checkpoint: str | Path) -> tuple[PGNet, Config]:
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
-    cfg.model.pretrained = None  # the checkpoint holds every weight
-    model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
-
-
-def image_record(path: Path, image_id: int, image: Image.Image) -> ImageRecord:
-    """A record with no people: what inference on a bare image file (already read: `image`) needs."""
-    empty = np.zeros((0, 4), np.float32)
-    return ImageRecord(image_id=image_id, file=str(path), height=image.height, width=image.width,
-                       boxes=empty, keypoints=np.zeros((0, 17, 3), np.float32),
-                       num_keypoints=np.zeros(0, np.int32), crowd_boxes=empty)
 
 
 def image_ids(paths: list[Path]) -> list[int]:
@@ -82,13 +55,12 @@ def drawn_file_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
+def predict_files(model: str | Path | Predictor, images: list[str | Path], out_dir: str | Path,
                   eval_cfg: EvalConfig | None = None, draw_threshold: float = 0.3) -> Path:
     """Writes `out_dir/<stem>_pgnet.jpg` with people drawn and `out_dir/results.json` (image ids: `image_ids`,
-    each result also names its `file_name`); returns the JSON path. `images`: files or folders
-    (`expand_images`)."""
-    model, cfg = load_for_inference(checkpoint)
-    eval_cfg = eval_cfg or cfg.eval
+    each result also names its `file_name`); returns the JSON path. `model`: a checkpoint, an exported
+    file (`Predictor.load`) or a Predictor; `images`: files or folders (`expand_images`)."""
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
@@ -96,20 +68,15 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
     for image_id, path, drawn_name in zip(image_ids(paths), paths, drawn_file_names(paths)):
         try:
             image = read_image(str(path))
-            sample = make_sample(image_record(path, image_id, image), input_size=tuple(cfg.data.input_size),
-                                 max_people=cfg.data.max_people, augment=None, seed=0, epoch=0, train=False,
-                                 image=image)
         except BadSample as err:
             log.error("skipping %s: %s", path, err)
             failed.append(str(path))
             continue
-        meta = {"image_id": torch.tensor([image_id]), "inv_affine": torch.from_numpy(sample["inv_affine"][None])}
-        people = predict_coco(model, torch.from_numpy(sample["image"][None]), meta, eval_cfg, cfg.train.precision)
+        people = predictor.people([image], [image_id], eval_cfg)[0]
         for person in people:
             person["file_name"] = path.name
         results.extend(people)
-        drawn = draw_people(image, people, score_threshold=draw_threshold)
-        drawn.save(out_dir / drawn_name, quality=92)
+        draw_people(image, people, score_threshold=draw_threshold).save(out_dir / drawn_name, quality=92)
         log.info("%s: %d people above %.2f", path.name, sum(p["score"] >= draw_threshold for p in people),
                  draw_threshold)
     if paths and len(failed) == len(paths):
