@@ -151,11 +151,17 @@ class TrainConfig:
     time_limit: float = 0.0
     eval_every: int = 1  # epochs
     checkpoint_every: int = 1  # epochs
+    # > 0: also checkpoint_last.pt (pipeline: the stage checkpoint) every this many steps, mid-epoch: a crash
+    # then loses at most these steps of an epoch that may be hours long. 0: at epoch ends only.
+    checkpoint_every_steps: int = 0
     log_every: int = 10  # steps between progress lines
     threads: int = 0  # torch intra-op threads; 0: torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = False  # NHWC layout for convolutions, the layout oneDNN and cuDNN run fastest
     precision: Precision = "fp32"  # bf16: bfloat16 autocast of the forward pass, float32 weights and losses
+    # Micro-batches per optimiser step (gradient accumulation): each part of the batch goes forward and back
+    # alone, so a large batch fits in memory; with pipeline.microbatches' value, the rounding of a pipeline run.
+    accumulate: int = 1
 
 
 @dataclass
@@ -234,6 +240,12 @@ class Config:
             raise ConfigError(f"data.synthetic.{err}") from None
         if self.train.batch_size < 1 or self.train.epochs < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0")
+        if self.train.checkpoint_every < 1 or self.train.checkpoint_every_steps < 0:
+            raise ConfigError("train.checkpoint_every must be >= 1 (epochs) and train.checkpoint_every_steps >= 0 "
+                              "(0: at epoch ends only)")
+        if self.train.accumulate < 1 or self.train.batch_size % self.train.accumulate:
+            raise ConfigError(f"train.accumulate={self.train.accumulate} must be >= 1 and divide "
+                              f"train.batch_size={self.train.batch_size}")
         if self.train.time_limit < 0:
             raise ConfigError(f"train.time_limit={self.train.time_limit} must be >= 0 (minutes; 0: no limit)")
         self._validate_pipeline()
@@ -245,6 +257,9 @@ class Config:
             raise ConfigError("pipeline.stages >= 0, pipeline.data_parallel >= 1, pipeline.microbatches >= 1")
         if p.stages < 1:
             return
+        if self.train.accumulate != 1:
+            raise ConfigError("train.accumulate is for the single-process trainer (pipeline.stages=0); a pipeline "
+                              "run splits its batch by pipeline.microbatches")
         if self.train.time_limit > 0:
             raise ConfigError("train.time_limit is for the single-process trainer (pipeline.stages=0); a pipeline "
                               "run is planned in steps: set train.epochs or train.max_steps")

@@ -5,8 +5,11 @@ refused with a message naming what it should have been.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,27 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def save_keeping_previous(obj: Any, path: str | Path, previous: str | Path) -> Path:
+    """`save_atomic`, and the file it replaces moved to `previous` once the new one is completely written:
+    a failed write (a full disk) leaves `path` as it was, and `path` is never missing while `previous` is not."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+        if path.exists():
+            _replace_keeping(path, Path(previous))
+    return path
+
+
+def _replace_keeping(path: Path, previous: Path) -> None:
+    """Copy `path` to `previous` by hard link when it can (no bytes copied), atomically either way."""
+    with atomic_path(previous) as tmp:
+        tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
 
 
 def read_torch_file(path: str | Path, *, what: str) -> Any:
@@ -42,6 +66,9 @@ def read_torch_file(path: str | Path, *, what: str) -> Any:
                               f"({_reason(err)}); pass {what}") from None
     except (EOFError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"'{path}' cannot be read by torch.load ({_reason(err)}); pass {what}") from None
+    except (IndexError, KeyError, struct.error):  # random bytes also fail inside the unpickler so
+        raise CheckpointError(f"'{path}' is not a torch checkpoint (its bytes are not a torch save); "
+                              f"pass {what}") from None
 
 
 def _reason(err: Exception) -> str:

@@ -24,7 +24,7 @@ import torch
 from pgnet.config import Config, config_from_dict
 from pgnet.data.dataset import epoch_loader
 from pgnet.data.order import epoch_batches
-from pgnet.errors import CheckpointError, TrainingError
+from pgnet.errors import CheckpointError, MissingFileError, TrainingError
 from pgnet.evaluation.inference import evaluate_model
 from pgnet.losses import PGNetLoss
 from pgnet.optim import build_optimizer, build_scheduler, fit_schedule
@@ -60,8 +60,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     optimizer = build_optimizer(cfg.optim, model.named_parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, planned)
 
-    def checkpoint() -> dict[str, Any]:
-        return checkpoint_dict(cfg, run.state, model.state_dict(), optimizer.state_dict(), scheduler.state_dict())
+    def checkpoint(state: RunState | None = None) -> dict[str, Any]:
+        return checkpoint_dict(cfg, state or run.state, model.state_dict(), optimizer.state_dict(),
+                               scheduler.state_dict())
 
     def best_checkpoint() -> dict[str, Any]:  # for inference and export: no optimiser state (a third the size)
         return checkpoint_dict(cfg, run.state, model.state_dict())
@@ -96,6 +97,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", ends_at_step=state.total_steps)
             if run.finished:  # mid-epoch if need be: max_steps, or the time limit running out
                 break
+            if run.step_checkpoint_due(done + consumed, len(plan)):
+                if timer:
+                    state.time_used = timer.used()
+                run.save_last(checkpoint(state.cut_at(epoch, done + consumed)))
         end = run.end_epoch(epoch, done + consumed, len(plan))
         if end.evaluate:
             metrics, results = evaluate_model(model, val_set, cfg.eval, device, progress=progress,
@@ -110,21 +115,31 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
 
 def _step(cfg: Config, model, criterion, optimizer, scheduler, images: torch.Tensor,
           targets: dict[str, torch.Tensor], step: int) -> tuple[float, dict[str, float], float]:
-    """One optimiser step on a batch; returns (loss, loss terms, the learning rate it used)."""
-    with autocast(cfg.train.precision, images.device):
-        outputs = model(images)
-    loss, terms = criterion(outputs, targets)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "
-                            "(the last metrics.jsonl record shows the terms)")
+    """One optimiser step on a batch, in `train.accumulate` micro-batches whose gradients add up to the
+    batch's (each weighted by its share of the images); returns (loss, loss terms, the learning rate it used),
+    the micro-batches' weighted means."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    parts = min(cfg.train.accumulate, len(images))
+    loss_sum, term_sums = 0.0, {}
+    for chunk in zip(images.chunk(parts), *(t.chunk(parts) for t in targets.values())):
+        part_images, part_targets = chunk[0], dict(zip(targets, chunk[1:]))
+        with autocast(cfg.train.precision, images.device):
+            outputs = model(part_images)
+        loss, terms = criterion(outputs, part_targets)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data "
+                                "(the last metrics.jsonl record shows the terms)")
+        share = len(part_images) / len(images)
+        (loss * share).backward()
+        loss_sum += loss.item() * share
+        for k, v in terms.items():
+            term_sums[k] = term_sums.get(k, 0.0) + v.item() * share
     if cfg.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
-    return loss.item(), {k: v.item() for k, v in terms.items()}, lr
+    return loss_sum, term_sums, lr
 
 
 def _replan(timer: TimeBudget, cfg: Config, optimizer, scheduler, state: RunState) -> None:
@@ -138,10 +153,21 @@ def _replan(timer: TimeBudget, cfg: Config, optimizer, scheduler, state: RunStat
                  timer.used() / 60, cfg.train.time_limit, planned)
 
 
+def _last_good_checkpoint(run_dir: RunDir) -> tuple[Path, dict[str, Any]]:
+    """`checkpoint_last.pt`, or when it is missing or cannot be read (a crash, a full disk), with a warning,
+    `checkpoint_previous.pt`: the steps after it are trained again."""
+    try:
+        return run_dir.last_checkpoint, load_checkpoint(run_dir.last_checkpoint)
+    except (CheckpointError, MissingFileError) as err:
+        if not run_dir.previous_checkpoint.is_file():
+            raise
+        log.warning("%s; resuming from %s instead", err, run_dir.previous_checkpoint.name)
+        return run_dir.previous_checkpoint, load_checkpoint(run_dir.previous_checkpoint)
+
+
 def _restore(run_dir: RunDir, cfg: Config, model, optimizer, scheduler, steps: int) -> RunState:
     """Load the run's last checkpoint into model, optimiser and schedule; returns the state to go on from."""
-    path = run_dir.last_checkpoint
-    ckpt = load_checkpoint(path)
+    path, ckpt = _last_good_checkpoint(run_dir)
     saved = config_from_dict(ckpt["config"], str(path))
     if saved.model != cfg.model:
         raise CheckpointError(f"{path} was trained with a different model config ({saved.model}); "

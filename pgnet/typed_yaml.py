@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -80,15 +81,16 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
 
 
 def _as_float(value: Any, key: str, source: str) -> float:
-    """A number; also text such as `1e-3`, which YAML 1.1 (PyYAML) reads as a string, not a float."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+    """A finite number; also text such as `1e-3`, which YAML 1.1 (PyYAML) reads as a string, not a float."""
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):  # not a number; an integer beyond float's range
             pass
-    raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+    if number is None or not math.isfinite(number):
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+    return number
 
 
 def plain(value: Any) -> Any:

@@ -67,6 +67,20 @@ def tiny_overrides(tiny_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_overrides: list[str]) -> Path:
+    """A checkpoint of the tiny config's seeded, untrained network (weights only, as `checkpoint_best.pt`):
+    for inference tests, which check that every path decodes alike, not what the network learned."""
+    from pgnet.run.build import seeded_model
+    from pgnet.run.checkpoint import checkpoint_dict
+    from pgnet.run.state import RunState
+    from pgnet.torch_files import save_atomic
+    cfg = load_config(None, tiny_overrides)
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "checkpoint_best.pt"
+    save_atomic(checkpoint_dict(cfg, RunState(), seeded_model(cfg).state_dict()), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def make_config(tiny_overrides: list[str]) -> Callable[..., Config]:
     """`make_config("train.seed=1", ..., data_root=None)`: the tiny config with more overrides."""
     def make(*overrides: str, data_root: Path | None = None) -> Config:

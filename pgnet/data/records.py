@@ -108,18 +108,54 @@ def read_coco_json(path: Path) -> dict:
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if missing:
         raise DataError(f"{path}: not a COCO annotation file, no list of {', '.join(missing)}; expected {COCO_LAYOUT}")
-    for index, image in enumerate(data["images"]):
+    _check_fields(path, data)
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(path: Path, data: dict) -> None:
+    """Every field a reader needs has COCO's type, ids are unique: a clear error naming the first that is not
+    (a wrong box or a key point outside its image is not an error: `_image_record` skips and counts it)."""
+    def fail(where: str, problem: str) -> None:
+        raise DataError(f"{path}: {where} {problem}; expected {COCO_LAYOUT}")
+
+    seen: set[int] = set()
+    for i, image in enumerate(data["images"]):
         lacking = [k for k in ("id", "file_name", "height", "width") if not isinstance(image, dict) or k not in image]
         if lacking:
-            raise DataError(f"{path}: images[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
-    for index, ann in enumerate(data["annotations"]):
+            fail(f"images[{i}]", f"lacks {', '.join(lacking)}")
+        if not _is_int(image["id"]) or image["id"] in seen:
+            fail(f"images[{i}]", f"has id {image['id']!r}: ids must be unique integers")
+        seen.add(image["id"])
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            fail(f"images[{i}]", f"has file_name {image['file_name']!r}, not a file name")
+        if not all(_is_int(image[k]) and 0 < image[k] <= 10**6 for k in ("height", "width")):
+            fail(f"images[{i}]", f"is {image['height']!r} x {image['width']!r} pixels, not two positive integers")
+    seen = set()
+    for i, ann in enumerate(data["annotations"]):
         lacking = [k for k in ("id", "image_id", "category_id", "bbox") if not isinstance(ann, dict) or k not in ann]
         if lacking:
-            raise DataError(f"{path}: annotations[{index}] lacks {', '.join(lacking)}; expected {COCO_LAYOUT}")
-    for index, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or "id" not in category:
-            raise DataError(f"{path}: categories[{index}] has no id; expected {COCO_LAYOUT}")
-    return data
+            fail(f"annotations[{i}]", f"lacks {', '.join(lacking)}")
+        bad = [k for k in ("id", "image_id", "category_id") if not _is_int(ann[k])]
+        if bad or ann["id"] in seen:
+            fail(f"annotations[{i}]", f"has {bad[0]} {ann[bad[0]]!r}, not an integer" if bad else
+                 f"has id {ann['id']}, which an earlier annotation has: ids must be unique")
+        seen.add(ann["id"])
+        kps = ann.get("keypoints")
+        if kps is not None and not (isinstance(kps, list) and all(_is_number(v) for v in kps)):
+            fail(f"annotations[{i}]", "has keypoints that are not a list of numbers (x, y, v x 17)")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            fail(f"annotations[{i}]", f"has iscrowd {ann['iscrowd']!r}, not 0 or 1")
+    for i, category in enumerate(data["categories"]):
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            fail(f"categories[{i}]", "has no integer id")
 
 
 def _person_category_ids(data: dict, path: Path) -> set[int]:
@@ -138,8 +174,10 @@ def _image_record(info: dict, anns: list[dict], person_ids: set[int], image_dir:
         if ann["category_id"] not in person_ids:
             counts["other_categories"] += 1
             continue
-        box = np.asarray(ann["bbox"], np.float64).reshape(-1)
-        if box.shape != (4,) or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+        raw = ann["bbox"]
+        numbers = isinstance(raw, list) and len(raw) == 4 and all(_is_number(v) for v in raw)
+        box = np.asarray(raw if numbers else [0, 0, 0, 0], np.float64)
+        if not numbers or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
             counts["degenerate_boxes"] += 1
             log.debug("%s: annotation %s of image %s has an empty or malformed box %s; skipped",
                       source, ann.get("id"), info["id"], ann["bbox"])
@@ -168,7 +206,9 @@ def _clean_keypoints(ann: dict, height: int, width: int, source: Path, counts: C
                          f"expected {3 * NUM_JOINTS} (17 COCO key points as x, y, v)")
     kps = kps.reshape(NUM_JOINTS, 3)
     labelled = kps[:, 2] > 0
-    outside = labelled & ((kps[:, 0] < 0) | (kps[:, 0] > width) | (kps[:, 1] < 0) | (kps[:, 1] > height))
+    inside = (kps[:, 0] >= 0) & (kps[:, 0] <= width) & (kps[:, 1] >= 0) & (kps[:, 1] <= height)  # NaN: outside
+    kps[~labelled] = 0
+    outside = labelled & ~inside
     if outside.any():
         counts["keypoints_outside_image"] += int(outside.sum())
         log.debug("%s: annotation %s: %d key point(s) outside the %dx%d image set unlabelled",

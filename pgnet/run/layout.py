@@ -26,6 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 EVALUATIONS_FILE = "evaluations.jsonl"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
+PREVIOUS_CHECKPOINT = "checkpoint_previous.pt"  # the last one before checkpoint_last.pt: a resume falls back to it
 BEST_PREDICTIONS = "val_predictions_best.json"
 BALANCE_FILE = "balance.json"
 WORKERS_DIR = "workers"
@@ -55,6 +56,7 @@ class RunDir:
     evaluations = _entry(EVALUATIONS_FILE)
     last_checkpoint = _entry(LAST_CHECKPOINT)
     best_checkpoint = _entry(BEST_CHECKPOINT)
+    previous_checkpoint = _entry(PREVIOUS_CHECKPOINT)
     best_predictions = _entry(BEST_PREDICTIONS)
     balance = _entry(BALANCE_FILE)
     workers = _entry(WORKERS_DIR)
@@ -68,7 +70,7 @@ class RunDir:
 
     def check_resumable(self) -> None:
         """`--resume` of a single-process run needs its last checkpoint; said before any data is read."""
-        if not self.last_checkpoint.is_file():
+        if not (self.last_checkpoint.is_file() or self.previous_checkpoint.is_file()):
             raise MissingFileError(f"--resume: {self.path} has no {LAST_CHECKPOINT} to continue from; "
                                    "drop --resume to start a new run there")
 

@@ -47,6 +47,12 @@ class RunState:
         else:
             self.epoch_batches_done, self.epoch_rows_done = 0, []
 
+    def cut_at(self, epoch: int, batches_done: int, rows_done: list[int] | None = None) -> "RunState":
+        """A copy that says `epoch` stopped after `batches_done` batches (pipeline: `rows_done` per replica):
+        what a checkpoint written mid-epoch holds, so that a resume goes on at the next batch."""
+        return dataclasses.replace(self, epoch=epoch, epoch_batches_done=batches_done,
+                                   epoch_rows_done=list(rows_done or []))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

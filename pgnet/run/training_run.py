@@ -15,11 +15,12 @@ from typing import Any, Callable, Protocol
 
 from pgnet.atomic import write_json_atomic
 from pgnet.config import Config
+from pgnet.errors import TrainingError
 from pgnet.run.bad_samples import BadSampleBudget
 from pgnet.run.layout import BEST_METRIC, RunDir
 from pgnet.run.metrics_log import JsonlLog, step_record
 from pgnet.run.state import RunState
-from pgnet.torch_files import save_atomic
+from pgnet.torch_files import save_atomic, save_keeping_previous
 
 log = logging.getLogger("pgnet.run")
 
@@ -85,6 +86,12 @@ class TrainingRun:
         self._call("on_step", record)
         return record
 
+    def step_checkpoint_due(self, batches_done: int, planned_batches: int) -> bool:
+        """Whether to checkpoint now, mid-epoch (`train.checkpoint_every_steps`): not at an epoch's last batch
+        nor at the run's end, where the epoch-end checkpoint follows."""
+        every = self.cfg.train.checkpoint_every_steps
+        return every > 0 and self.state.step % every == 0 and batches_done < planned_batches and not self.finished
+
     # --- epochs --------------------------------------------------------------------------------------------
 
     def end_epoch(self, epoch: int, batches_done: int, planned_batches: int,
@@ -124,9 +131,18 @@ class TrainingRun:
         return True
 
     def save_last(self, checkpoint: dict[str, Any]) -> None:
-        """`checkpoint_last.pt` (after the best: its `best` includes the epoch's evaluation)."""
-        if self.writer:
-            self._call("on_checkpoint", save_atomic(checkpoint, self.dir.last_checkpoint), False)
+        """`checkpoint_last.pt` (after the best: its `best` includes the epoch's evaluation); the one it
+        replaces stays as `checkpoint_previous.pt`, for a resume that finds the last one damaged."""
+        if not self.writer:
+            return
+        try:
+            path = save_keeping_previous(checkpoint, self.dir.last_checkpoint, self.dir.previous_checkpoint)
+        except OSError as err:
+            raise TrainingError(
+                f"cannot write {self.dir.last_checkpoint} ({err.strerror or err}) at step {self.state.step}; the "
+                "checkpoint before it is intact: free disk space (or fix the folder), then continue with "
+                "`pgnet train --resume`") from None
+        self._call("on_checkpoint", path, False)
 
     def summary(self) -> dict[str, Any]:
         """The last evaluation's metrics, the step and epoch reached, and the training images skipped."""

@@ -20,6 +20,9 @@ def add_parsers(sub) -> None:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--compare-size", type=image_size, default=(512, 512))
     b.add_argument("--no-compare", action="store_true", help="skip Keypoint R-CNN")
+    b.add_argument("--onnx", default=None, metavar="CONFIG",
+                   help="also time CONFIG's network (e.g. cpu_small) in torch eager against its ONNX export")
+    b.add_argument("--onnx-rounds", type=int, default=20, help="interleaved eager/onnxruntime rounds timed")
     b.set_defaults(func=cmd_bench_model)
 
     b = bench_sub.add_parser("small-maps", help="a training step with model.small_map_matmul off and on")
@@ -48,6 +51,16 @@ def add_parsers(sub) -> None:
     b.add_argument("--run-dir", type=Path, required=True, help="the run directory (a new one)")
     b.set_defaults(func=cmd_bench_train)
 
+    b = bench_sub.add_parser("infer", help="batch inference on Ray Data against one process (images/s)")
+    b.add_argument("--config", default="cpu_small", help="the network (YAML, or a bundled name); seeded weights")
+    b.add_argument("--images", type=int, default=128)
+    b.add_argument("--image-size", type=int, default=256, help="the synthetic images' side")
+    b.add_argument("--replicas", type=int, default=2)
+    b.add_argument("--threads", type=int, default=2, help="the one process's threads = all replicas' threads")
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--repeats", type=int, default=3, help="alternated runs of each")
+    b.set_defaults(func=cmd_bench_infer)
+
     for b in bench_sub.choices.values():
         b.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="also write DIR/<date>-<name>.md and .json: the output, machine and results")
@@ -57,7 +70,8 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     from pipelines.bench.model import run_model_benchmark
     return _run(args, "model", lambda print_fn: run_model_benchmark(
         args.backbones, args.sizes, args.batch, args.repeats, args.threads,
-        None if args.no_compare else args.compare_size, print_fn=print_fn))
+        None if args.no_compare else args.compare_size, print_fn=print_fn, onnx_config=args.onnx,
+        onnx_rounds=args.onnx_rounds))
 
 
 def cmd_bench_small_maps(args: argparse.Namespace) -> int:
@@ -77,6 +91,13 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     from pipelines.bench.data import run_data_benchmark
     return _run(args, "data", lambda print_fn: run_data_benchmark(
         images=args.images, workers=args.workers, trivial_trials=args.trials, print_fn=print_fn))
+
+
+def cmd_bench_infer(args: argparse.Namespace) -> int:
+    from pipelines.bench.infer import run_infer_benchmark
+    return _run(args, "infer", lambda print_fn: run_infer_benchmark(
+        args.config, args.images, args.image_size, args.replicas, args.threads, args.batch, args.repeats,
+        print_fn=print_fn))
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:

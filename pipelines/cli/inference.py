@@ -1,4 +1,5 @@
-"""`pgnet eval` (COCO AP of a results file or a checkpoint) and `pgnet predict` (people drawn on images)."""
+"""`pgnet eval` (COCO AP of a results file or a checkpoint) and `pgnet predict` (people drawn on images and
+videos)."""
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="draw detected people on images and write COCO results")
+    p = sub.add_parser("predict", help="draw detected people on images and videos and write their results")
     p.add_argument("--model", "--checkpoint", dest="model", required=True,
                    help="a checkpoint (.pt) or a file `pgnet export` wrote (.onnx, .ts)")
-    p.add_argument("images", nargs="+", help="image files, or folders of them")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (results.json), video files (<stem>_pgnet.mp4 and .jsonl), or folders of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw people above this score")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
 
 
@@ -93,7 +96,9 @@ def _eval_checkpoint(args: argparse.Namespace) -> dict[str, float]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pgnet.predict import predict_files
-    out = predict_files(args.model, args.images, args.out, draw_threshold=args.score_threshold)
-    print(f"drawn images and {out} written to {args.out}")
+    from pgnet.predict import predict_inputs
+    outputs = predict_inputs(args.model, args.inputs, args.out, draw_threshold=args.score_threshold,
+                             progress=not args.quiet)
+    for line in outputs.summary():
+        print(line)
     return 0

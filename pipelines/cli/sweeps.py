@@ -43,7 +43,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from pipelines.sweeps.dry_run import describe_sweep
         print(describe_sweep(sweep))
         return 0
-    from pipelines.sweeps.sweep import run_sweep
+    from pipelines.sweeps.sweep import run_sweep, sweep_tracking_lines
     grid = run_sweep(sweep, storage=args.storage, resume=args.resume)
     errors = sum(1 for r in grid if r.error)
     print(f"sweep {sweep.name}: {len(grid)} trials, {errors} failed")
@@ -51,6 +51,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if best is not None and best.metrics:
         swept = {k: best.config.get(k) for k in sweep.search_space}
         print(f"best {sweep.metric}: {best.metrics.get(sweep.metric, float('nan')):.4f} with {swept}")
+    for line in sweep_tracking_lines(sweep, args.storage):
+        print(line)
     return 0
 
 

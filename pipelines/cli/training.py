@@ -31,7 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume_point(run_dir.path, required=True)
     else:
         run_dir.check_resumable()
-    with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow, resume=args.resume) as hooks:
+    with tracking_hooks(cfg, args.run_dir, enabled=not args.no_mlflow, resume=args.resume,
+                        progress=not args.quiet) as hooks:
         if cfg.pipeline.stages >= 1:
             from pipelines.training.launch import train_on_ray
             summary = train_on_ray(cfg, args.run_dir, resume=args.resume,
@@ -40,6 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             from pgnet.train import train
             summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet, hooks=hooks)
     print_summary(summary)
+    if hooks:  # tracked in MLflow: where to see the run
+        from pipelines.tracking.ui import run_ui_lines
+        print("\n".join(run_ui_lines(hooks[0].client, hooks[0].run_id)))
     return 0
 
 

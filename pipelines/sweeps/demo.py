@@ -2,21 +2,19 @@
 
 Synthetic data, a local Ray, the demo sweep (the paper's CFFM neck against Table 3's FPN, each a
 2-stage pipeline), MLflow in ./mlflow.db; then the report table by key-point AP, a picture of the best
-trial's people on validation images, and the command that opens the MLflow UI.
+trial's people on validation images, the best trial's registered model, and the command that opens the
+MLflow UI with the URL of the trials' table.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from pipelines.sweeps.report import build_report, write_report
 from pipelines.sweeps.spec import load_sweep
-from pipelines.sweeps.sweep import TRIALS_DIR, run_sweep
+from pipelines.sweeps.sweep import TRIALS_DIR, run_sweep, sweep_tracking_lines
 from pipelines.tracking.artifacts import render_predictions_png
-from pipelines.tracking.runs import tracking_uri
 
 DEMO_SWEEP = "demo"
 ROWS = ("model.neck",)
@@ -48,17 +46,7 @@ def run_demo(storage: str = "runs/demo", fresh: bool = False, print_fn=print) ->
             print_fn(f"people found by the best trial ({described}, {sweep.metric} "
                      f"{100 * best.values[sweep.metric]:.1f}), scored {PICTURE_SCORE} or more, on validation "
                      f"images: {picture}")
-    uri = tracking_uri(None)
     print_fn(f"\nsweep of {len(grid)} trials ({len(failed)} failed) in {time.perf_counter() - start:.0f} s")
-    print_fn(f"compare the runs in the MLflow UI:\n  {mlflow_command()} ui --backend-store-uri {uri} --port 5000\n"
-             f"  then open http://127.0.0.1:5000 (experiment '{experiment}')")
+    for line in sweep_tracking_lines(sweep, storage):
+        print_fn(line)
     return 1 if failed else 0
-
-
-def mlflow_command() -> str:
-    """The `mlflow` script of this interpreter's environment (a venv's, wherever it is), relative when short."""
-    script = Path(sys.executable).parent / "mlflow"
-    if not script.exists():
-        return "mlflow"
-    relative = os.path.relpath(script)
-    return relative if not relative.startswith("..") else str(script)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,7 @@ from pgnet.evaluation import metric_names
 from pgnet.typed_yaml import flatten, read_yaml, resolve_bundled
 from pipelines.training.ray_runtime import cpus_per_run
 
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,255}")
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
 SEARCHERS = ("grid", "random", "optuna")
@@ -60,6 +62,7 @@ class SweepConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     num_samples: int = 1  # samples of the sampled dimensions (grid dimensions are crossed in full)
     max_concurrent_trials: int = 1
+    register_model: str | None = None  # register the best trial's model in MLflow's Model Registry under this name
     source: str = field(default="", init=False)  # the file it came from (set by load_sweep)
     base_file_values: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # `base`, as read
 
@@ -226,6 +229,9 @@ def _validate(sweep: SweepConfig) -> None:
         if sweep.trial_config(params).pipeline.stages < 1:
             raise ConfigError(f"{src}: every trial trains on Ray Train, but trial {params} has pipeline.stages=0 "
                               "(the single-process trainer); set pipeline.stages: 1 or more under overrides")
+    if sweep.register_model is not None and not REGISTERED_NAME.fullmatch(sweep.register_model):
+        raise ConfigError(f"{src}: register_model must be a model name of letters, digits, '_', '-' and '.' "
+                          f"(starting with a letter or digit), got {sweep.register_model!r}")
     if sweep.metric not in REPORTED_METRICS:
         raise ConfigError(f"{src}: metric {sweep.metric!r} is not reported by a trial; use one of "
                           f"{', '.join(REPORTED_METRICS)}")

@@ -5,7 +5,8 @@ Train V2 style: a Tune function trainable builds and fits the `TorchTrainer`
 epoch's report to Tune, so ASHA can stop weak trials. One MLflow parent run per
 sweep, one child run per trial; a driver-side callback closes every child run
 as FINISHED, KILLED (stopped early) or FAILED. `--resume` restores the Tuner:
-finished trials are kept, unfinished ones continue from their last checkpoint.
+finished trials are kept, unfinished ones continue from their last checkpoint. With `register_model`
+in the sweep file, the best trial's model goes to MLflow's Model Registry under that name.
 """
 from __future__ import annotations
 
@@ -24,22 +25,28 @@ from pgnet.data.source import resolve_data_root
 from pgnet.errors import OutputExistsError
 from pipelines.sweeps.spec import SweepConfig, expand_params
 from pipelines.tracking.artifacts import log_run_artifacts
+from pipelines.tracking.datasets import log_datasets
 from pipelines.tracking.hooks import MlflowHooks
+from pipelines.tracking.models import register_run_model
 from pipelines.tracking.runs import (
+    PARENT_TAG,
     ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     experiment_id,
+    find_tagged_run,
     reopen_tagged_run,
     start_run,
     tracking_uri,
 )
+from pipelines.tracking.ui import child_runs_filter, save_runs_view, ui_instructions
 from pipelines.training.launch import train_on_ray
 from pipelines.training.ray_runtime import DRIVER_CPU, check_capacity, ensure_ray
 
 log = logging.getLogger("pgnet.sweep")
 
 TRIALS_DIR = "trials"  # storage/<sweep>/trials/<trial id>: each trial's pgnet run directory
+REGISTERED_TAG = "pgnet.registered_model"  # on the parent run: name/version of the best trial's model
 
 
 # --- the trial ------------------------------------------------------------------------------------
@@ -70,8 +77,10 @@ def trial_run_id(client: MlflowClient, cfg: Config, trial_id: str, trial_name: s
     if found:
         return found.info.run_id
     swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in expand_params(params).items())
-    return start_run(client, cfg, run_name=f"{trial_name} ({swept})", parent_run_id=parent_run_id,
-                     extra_tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
+    run_id = start_run(client, cfg, run_name=f"{trial_name} ({swept})", parent_run_id=parent_run_id,
+                       extra_tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
+    log_datasets(client, run_id, cfg)
+    return run_id
 
 
 # --- closing runs the trial could not close ---------------------------------------------------------
@@ -155,6 +164,7 @@ def sweep_parent_run(client: MlflowClient, sweep: SweepConfig, base: Config, sto
     run_id = start_run(client, base, run_name=sweep.name, extra_tags={ROLE_TAG: "sweep", SWEEP_TAG: where})
     client.log_param(run_id, "sweep.file", sweep.source)
     client.log_param(run_id, "sweep.trials", sweep.total_trials())
+    log_datasets(client, run_id, base)
     return run_id
 
 
@@ -189,12 +199,54 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
         if best and best.metrics:
             client.log_metric(parent, f"best/{sweep.metric}", float(best.metrics.get(sweep.metric, math.nan)))
+            if sweep.register_model:
+                register_best_trial(client, sweep.register_model, parent, str(best.metrics.get("trial_id")))
         return grid
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
         client.set_terminated(parent, status)
+
+
+# --- the sweep in MLflow: its best model registered, its trials in the UI ----------------------------
+
+def register_best_trial(client: MlflowClient, name: str, parent_run_id: str, trial_id: str):
+    """Register the model of the sweep's best trial as a new version of `name`, noted on the parent run
+    (`REGISTERED_TAG`: name/version); None if that trial logged no model."""
+    parent = client.get_run(parent_run_id)
+    found = client.search_runs([parent.info.experiment_id], filter_string=(
+        f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_run_id}'"), max_results=1)
+    version = register_run_model(client, found[0].info.run_id, name) if found else None
+    if version is None:
+        log.warning("sweep %s: trial %s logged no model, nothing registered as %r", parent.info.run_name, trial_id,
+                    name)
+        return None
+    client.set_tag(parent_run_id, REGISTERED_TAG, f"{name}/{version.version}")
+    log.info("registered model %s version %s (trial %s)", name, version.version, trial_id)
+    return version
+
+
+def sweep_tracking_lines(sweep: SweepConfig, storage: str | Path = "runs/sweeps") -> list[str]:
+    """What to tell a user after a sweep: the registered model version, and how to open its trials in the
+    MLflow UI (a view of the sweep's trials ranked by its metric, with the swept params as columns)."""
+    base = sweep.base_config()
+    uri = tracking_uri(base.tracking.tracking_uri)
+    client = MlflowClient(uri)
+    parent = find_tagged_run(client, base.tracking.experiment, SWEEP_TAG, str(Path(storage).absolute() / sweep.name))
+    if parent is None:
+        return []
+    lines = []
+    registered = parent.data.tags.get(REGISTERED_TAG)
+    if registered:
+        name, version = registered.rsplit("/", 1)
+        lines.append(f"best trial's model registered as {name} version {version} (models:/{name}/{version})")
+    swept = dict.fromkeys(k for params in sweep.corner_params() for k in expand_params(params))
+    metrics = dict.fromkeys((sweep.metric, "keypoints/AP", "bbox/AP"))
+    exp = parent.info.experiment_id
+    key = save_runs_view(client, exp, params=tuple(swept), metrics=tuple(metrics), order_metric=sweep.metric,
+                         ascending=sweep.mode == "min", search_filter=child_runs_filter(parent.info.run_id))
+    return [*lines, "compare the trials in the MLflow UI:", *(f"  {line}" for line in ui_instructions(uri, exp, key))]
 
 
 def pin_paths(sweep: SweepConfig, base: Config) -> None:

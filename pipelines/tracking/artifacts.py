@@ -1,4 +1,5 @@
-"""What a finished run leaves in MLflow: its config, logs, best checkpoint and plots (loss curves, people drawn)."""
+"""What a finished run leaves in MLflow: its config, logs and plots (loss curves, people drawn) as artifacts, and
+its best checkpoint as an MLflow model (`pipelines.tracking.models`), uploaded once, with the model."""
 from __future__ import annotations
 
 import json
@@ -15,21 +16,21 @@ from pgnet.run.layout import (
     RunDir,
 )
 from pgnet.run.metrics_log import read_jsonl
+from pipelines.tracking.models import log_best_model
 
 PREDICTION_IMAGES = 8  # validation images drawn with the best evaluation's people
 
 
 def log_run_artifacts(client: MlflowClient, run_id: str, run_dir: Path) -> None:
-    """Upload the run directory's config, logs, stage balance and best checkpoint, and its plots."""
+    """Upload the run directory's config, logs, stage balance and plots; log its best checkpoint as a model."""
     files = RunDir(run_dir)
     for name in (CONFIG_FILE, METRICS_FILE, EVALUATIONS_FILE, BALANCE_FILE):
         if (files / name).exists():
             client.log_artifact(run_id, str(files / name))
-    if files.best_checkpoint.exists():
-        client.log_artifact(run_id, str(files.best_checkpoint), artifact_path="checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
         for png in render_run_pngs(run_dir, Path(tmp)):
             client.log_artifact(run_id, str(png), artifact_path="plots")
+    log_best_model(client, run_id, Path(run_dir))
 
 
 def render_run_pngs(run_dir: Path, out_dir: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """Streaming a training run into MLflow: trainer hooks, and the context that opens and closes its run.
 
-A run always ends FINISHED, FAILED or KILLED, never left RUNNING; at its end its files and
-plots are uploaded (`pipelines.tracking.artifacts`).
+A run starts with its data sets as MLflow dataset inputs (`pipelines.tracking.datasets`) and always
+ends FINISHED, FAILED or KILLED, never left RUNNING; at its end its files and plots are uploaded and
+its best checkpoint logged as an MLflow model (`pipelines.tracking.artifacts`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pgnet.config import Config
 from pipelines.tracking.artifacts import log_run_artifacts
+from pipelines.tracking.datasets import log_datasets
 from pipelines.tracking.runs import RUN_DIR_TAG, reopen_run, start_run, tracking_uri
 from pipelines.tracking.target import TrackingTarget
 
@@ -45,7 +47,7 @@ class MlflowHooks:
     def _metrics(self, record: dict[str, Any], skip: tuple[str, ...]) -> list[Metric]:
         now = int(time.time() * 1000)
         step = int(record.get("step", 0))
-        return [Metric(_metric_key(k), float(v), now, step) for k, v in record.items()
+        return [Metric(metric_key(k), float(v), now, step) for k, v in record.items()
                 if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)]
 
     def on_step(self, record: dict[str, Any]) -> None:
@@ -75,23 +77,25 @@ class MlflowHooks:
             self.client.set_terminated(self.run_id, status)
 
 
-def _metric_key(name: str) -> str:
+def metric_key(name: str) -> str:
     """MLflow keys allow letters, digits, _ - . / and spaces: keep ours (`keypoints/AP`) as they are."""
     return name.replace("@", "_at_")
 
 
 @contextlib.contextmanager
-def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True,
-                   parent_run_id: str | None = None, resume: bool = False) -> Iterator[list]:
+def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True, parent_run_id: str | None = None,
+                   resume: bool = False, progress: bool = True) -> Iterator[list]:
     """Trainer hooks for one MLflow run around a `pgnet train` (with `resume`, the run dir's own run,
-    reopened); the run is closed whatever happens."""
+    reopened); a new run logs its data sets first (`progress`: while the synthetic set is written, if it
+    is missing); the run is closed whatever happens."""
     if not (enabled and cfg.tracking.mlflow):
         yield []
         return
     client = MlflowClient(tracking_uri(cfg.tracking.tracking_uri))
     where = str(Path(run_dir).absolute())
     run_id = reopen_run(client, cfg, where) if resume else None
-    if run_id is None:
+    new_run = run_id is None
+    if new_run:
         run_id = start_run(client, cfg, run_name=cfg.tracking.run_name or Path(run_dir).name,
                            parent_run_id=parent_run_id, extra_tags={RUN_DIR_TAG: where})
         log.info("MLflow run %s in %s", run_id, client.tracking_uri)
@@ -100,6 +104,8 @@ def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True,
     hooks = MlflowHooks(client, run_id)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
+        if new_run:
+            log_datasets(client, run_id, cfg, progress=progress)
         yield [hooks]
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:

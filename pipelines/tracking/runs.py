@@ -27,6 +27,10 @@ ROLE_TAG = "pgnet.role"  # "sweep" (the parent run) or "trial"
 TRIAL_TAG = "pgnet.trial_id"
 SWEEP_TAG = "pgnet.sweep_dir"
 RUN_DIR_TAG = "pgnet.run_dir"  # a `pgnet train` run's directory: `--resume` continues its MLflow run
+# The experiment kind the MLflow UI's kind selector writes; "Machine learning" (not "GenAI apps & agents").
+# MLflow 3.17 picks its view from the URL's `workflowType` instead (`pipelines.tracking.ui`).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(cfg_uri: str | None = None) -> str:
@@ -42,11 +46,12 @@ def tracking_uri(cfg_uri: str | None = None) -> str:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment `name`, created when missing as a machine-learning experiment (`EXPERIMENT_KIND`)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created meanwhile by a concurrent trial
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -96,17 +101,22 @@ def param_text(value: Any) -> str:
     return "null" if value is None else str(value)[:6000]
 
 
-def reopen_tagged_run(client: MlflowClient, experiment: str, tag: str, value: str):
-    """The newest run of `experiment` whose `tag` is `value`, set RUNNING again; None if there is none.
-    How a resumed run, trial or sweep goes on in its own MLflow run."""
+def find_tagged_run(client: MlflowClient, experiment: str, tag: str, value: str):
+    """The newest run of `experiment` whose `tag` is `value`; None if there is none."""
     quote = '"' if "'" in value else "'"
     found = client.search_runs([experiment_id(client, experiment)],
                                filter_string=f"tags.`{tag}` = {quote}{value}{quote}",
                                order_by=["attributes.start_time DESC"], max_results=1)
-    if not found:
-        return None
-    client.update_run(found[0].info.run_id, status="RUNNING")
-    return found[0]
+    return found[0] if found else None
+
+
+def reopen_tagged_run(client: MlflowClient, experiment: str, tag: str, value: str):
+    """The newest run of `experiment` whose `tag` is `value`, set RUNNING again; None if there is none.
+    How a resumed run, trial or sweep goes on in its own MLflow run."""
+    found = find_tagged_run(client, experiment, tag, value)
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+    return found
 
 
 def reopen_run(client: MlflowClient, cfg: Config, run_dir: str) -> str | None:

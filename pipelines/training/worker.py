@@ -92,6 +92,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             record = run.step_done(epoch, loss, terms, lr, cfg.train.batch_size / (now - tick))
             tick = now
             losses.append(loss)
+            if run.step_checkpoint_due(done + len(losses), plan.steps_per_epoch):
+                _checkpoint_mid_epoch(run, runner, topo, epoch, done + len(losses),
+                                      rows_before + stats.seen if topo.first else 0)
             if topo.rank == 0 and (state.step % cfg.train.log_every == 0 or state.step == 1):
                 log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f images/s", epoch, state.step,
                          state.total_steps, loss, lr, record["images_per_s"])
@@ -118,6 +121,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
     for probe in plan.probes:
         probe.close()
+
+
+def _checkpoint_mid_epoch(run: TrainingRun, runner: PipelineRunner, topo: Topology, epoch: int, batches_done: int,
+                          rows: int) -> None:
+    """`train.checkpoint_every_steps`: a stage checkpoint that says the epoch stopped here (every replica's
+    rows read so far), so that a replaced worker, or `--resume`, goes on at the next batch. `rows`: what
+    this rank's first stage read of the epoch, at a step boundary (the feed holds no row back there)."""
+    snapshot = run.state.cut_at(epoch, batches_done, _rows_read(rows, topo))
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = write_shard_checkpoint(Path(folder), runner, topo, run.cfg, snapshot)
+        # no "epoch" key: Tune's schedulers (time_attr="epoch") take this report for a checkpoint, not a result
+        ray.train.report({"step": run.state.step} if topo.rank == 0 else {}, checkpoint=ckpt)
 
 
 def _restore(plan: WorkerPlan, runner: PipelineRunner, topo: Topology) -> RunState:
@@ -161,6 +176,7 @@ def _announce(run: TrainingRun, topo: Topology, device: torch.device) -> None:
     folder = run.dir.workers
     folder.mkdir(parents=True, exist_ok=True)
     info = {"rank": topo.rank, "stage": topo.stage, "replica": topo.replica, "pid": os.getpid(),
+            "started_at_step": run.state.step,
             "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(), "device": str(device)}
     (folder / f"rank{topo.rank}.json").write_text(json.dumps(info))
     log.info("rank %d: stage %d of replica %d, pid %d on %s (%s)", topo.rank, topo.stage, topo.replica,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pgnet.config import load_config
+from pgnet.errors import ConfigError
 from pgnet.evaluation import load_results, metric_names
 from pgnet.models import build_model
 from pgnet.run.metrics_log import read_jsonl
@@ -149,6 +150,32 @@ def test_channels_last_trains_the_same_model(trained, make_config):
     stem = next(v for v in weights.values() if v.dim() == 4)
     assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()  # it was NHWC
     build_model(make_config().model).load_state_dict(weights)
+
+
+def test_accumulating_micro_batches_trains_the_same_model(trained, make_config):
+    """`train.accumulate=4` runs each batch of 4 as 4 micro-batches of 1, gradients added up: with GroupNorm
+    (no coupling between samples) the same losses and weights as whole batches, to float rounding. SGD: AdamW
+    would turn a near-zero gradient's rounding into a whole step of either sign."""
+    plain = ("model.norm=gn", "train.max_steps=3", "optim.name=sgd", "optim.lr=0.02")
+    reference_dir, _ = trained(*plain)
+    run_dir, _ = trained(*plain, "train.accumulate=4")
+    got, want = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference_dir / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(got, want):
+        for key in (k for k in b if k.startswith("loss")):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    ours, theirs = load(run_dir / "checkpoint_last.pt")["model"], load(reference_dir / "checkpoint_last.pt")["model"]
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in theirs if theirs[k].is_floating_point()) < 1e-5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.accumulate=3"], "train.accumulate=3 must be >= 1 and divide train.batch_size=4"),
+    (["train.accumulate=0"], "train.accumulate=0 must be >= 1"),
+    (["train.accumulate=2", "pipeline.stages=2"], "train.accumulate is for the single-process trainer"),
+])
+def test_accumulate_must_divide_the_batch_and_is_single_process_only(make_config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(*overrides)
 
 
 def test_bf16_autocast_trains_close_to_float32(trained, make_config):

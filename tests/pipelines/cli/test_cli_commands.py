@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,15 @@ from pycocotools.coco import COCO
 
 from pgnet.config import EvalConfig
 from pgnet.evaluation import evaluate, load_results, metric_names
-from pgnet.predict import drawn_file_names, image_ids
+from pgnet.predict import Predictor, drawn_file_names, image_ids
 from pgnet.run.metrics_log import read_jsonl
 from tests.support.cli import SCRIPT, run_cli
+from tests.support.videos import (
+    assert_same_people,
+    read_video,
+    sliding_frames,
+    write_video,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,6 +196,36 @@ def test_predict_skips_an_unreadable_image(capsys, tmp_path, cli_run, tiny_data,
     assert any("junk.jpg" in r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING"))
 
 
+def test_predict_on_a_folder_of_images_and_videos_and_another_video(capsys, tmp_path, cli_run, tiny_data):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    images = sorted((tiny_data / VAL_SET).glob("*.jpg"))[:2]
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    frames = sliding_frames(sorted((tiny_data / TRAIN_SET).glob("*.jpg")), 10)
+    videos = [write_video(folder / "walk.mp4", frames), write_video(tmp_path / "walk.mkv", frames[:4], codec="mpeg4")]
+    out = tmp_path / "out"
+    checkpoint = cli_run / "checkpoint_best.pt"
+    code, stdout, _ = run_cli(capsys, "predict", "--checkpoint", checkpoint, folder, videos[1], "--out", out,
+                              "--score-threshold", 0.0, "--quiet")
+    assert code == 0
+    assert stdout.splitlines() == [
+        f"2 drawn image(s) and {out / 'results.json'} written to {out}",
+        f"{out / 'walk_pgnet.mp4'} and {out / 'walk_pgnet.jsonl'} written (10 frames)",
+        f"{out / 'walk_2_pgnet.mp4'} and {out / 'walk_2_pgnet.jsonl'} written (4 frames)"]  # the same stem twice
+    assert {r["file_name"] for r in json.loads((out / "results.json").read_text())} <= {p.name for p in images}
+    assert all((out / f"{image.stem}_pgnet.jpg").exists() for image in images)
+    predictor = Predictor.load(checkpoint)
+    for source, name in zip(videos, ["walk_pgnet", "walk_2_pgnet"]):
+        decoded, times, rate, _ = read_video(source)
+        drawn, _, drawn_rate, _ = read_video(out / f"{name}.mp4")
+        assert (len(drawn), drawn[0].size, drawn_rate) == (len(decoded), decoded[0].size, rate)
+        records = read_jsonl(out / f"{name}.jsonl")
+        assert [(r["frame"], r["time"]) for r in records] == [(i, pytest.approx(t)) for i, t in enumerate(times)]
+        for i, (record, frame) in enumerate(zip(records, decoded)):  # the run's own decoding settings
+            assert_same_people(record["people"], predictor.people([frame], [i])[0])
+
+
 def test_train_reports_skipped_images(capsys, tmp_path, tiny_overrides, tiny_data_copy):
     sorted((tiny_data_copy / TRAIN_SET).glob("*.jpg"))[0].write_bytes(b"garbage")
     code, stdout, _ = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--no-mlflow", "--quiet", "--set",
@@ -228,11 +265,18 @@ def test_train_logs_a_finished_mlflow_run(capsys, tmp_path, monkeypatch, tiny_ov
     assert run.data.metrics["keypoints/AP"] == evaluation["keypoints/AP"]
     assert "loss/hm" in run.data.metrics and "lr" in run.data.metrics
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.jsonl", "evaluations.jsonl", "checkpoints", "plots"} <= top
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
-        "checkpoints/checkpoint_best.pt"}
+    assert {"config.yaml", "metrics.jsonl", "evaluations.jsonl", "plots"} <= top
+    assert "checkpoints" not in top  # the best checkpoint is the model's artifact, uploaded once
     assert {"plots/loss_curves.png", "plots/val_predictions.png"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    (output,) = run.outputs.model_outputs  # the best checkpoint as an MLflow model, linked to the run
+    model = client.get_logged_model(output.model_id)
+    assert (model.name, model.source_run_id, str(model.status)) == ("pgnet", run.info.run_id, "READY")
+    assert "artifacts/checkpoint_best.pt" in {f.path for f in client.list_logged_model_artifacts(model.model_id,
+                                                                                                 "artifacts")}
+    # where to see it: the runs table of its experiment in the UI's Model training view
+    assert re.search(rf"then open http://127\.0\.0\.1:5000/#/experiments/{experiment.experiment_id}/runs\?"
+                     r"workflowType=machine_learning&viewStateShareKey=\w+", stdout), stdout
 
 
 def test_resume_through_the_cli_finishes_the_run_in_its_mlflow_run(capsys, tmp_path, monkeypatch, tiny_overrides):

@@ -14,6 +14,7 @@ import torch
 
 from pipelines.cli import main
 from tests.support.cli import SCRIPT, run_cli
+from tests.support.videos import write_audio_only
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,14 +34,43 @@ def test_console_script_user_error_has_no_traceback(tmp_path):
         "pgnet eval: error: --predictions needs --annotations GT.json (the ground truth to score against)"]
 
 
-def test_predict_on_a_folder_without_images_is_a_user_error(capsys, tmp_path, cli_run):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_last.pt", tmp_path / "empty",
+IMAGES = "(.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff)"
+VIDEOS = "(.mp4, .m4v, .mov, .avi, .mkv, .webm, .mpg, .mpeg, .wmv, .flv, .3gp, .ogv)"
+PLAYABLE = "pass a video file FFmpeg can play (mp4, mkv, mov, avi, webm)"
+
+
+def bad_predict_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (an input `pgnet predict` refuses, its whole error line after `pgnet predict: error: `)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    corrupt = tmp_path / "clip.mp4"
+    corrupt.write_bytes(b"not a video" * 50)
+    pdf = tmp_path / "slides.pdf"
+    pdf.write_bytes(b"%PDF-1.4")
+    sound = write_audio_only(tmp_path / "sound.mkv")
+    return {
+        "empty-folder": (empty, f"folder {empty} holds no images {IMAGES} or videos {VIDEOS}; "
+                                "pass image or video files, or a folder of them"),
+        "missing": (tmp_path / "gone.jpg", f"{tmp_path / 'gone.jpg'} does not exist; "
+                                           "pass image or video files, or folders of them"),
+        "unknown-suffix": (pdf, f"{pdf} is neither an image {IMAGES} nor a video {VIDEOS}; "
+                                "rename it if it is one, or leave it out"),
+        "corrupt-video": (corrupt, f"cannot read video {corrupt} (Invalid data found when processing input); "
+                                   f"{PLAYABLE}"),
+        "no-video-stream": (sound, f"{sound} has no video stream (it holds audio); {PLAYABLE}"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty-folder", "missing", "unknown-suffix", "corrupt-video", "no-video-stream"])
+def test_predict_on_a_bad_input_is_a_user_error(capsys, tmp_path, cli_run, tiny_data, case):
+    path, message = bad_predict_inputs(tmp_path)[case]
+    good = tiny_data / "val2017"  # a good folder first: nothing is predicted before every input is checked
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", cli_run / "checkpoint_last.pt", good, path,
                            "--out", tmp_path / "out")
     assert code == 2
-    assert error_lines(err) == [f"pgnet predict: error: folder {tmp_path / 'empty'} holds no image files "
-                                "(.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff); pass image files or a folder of them"]
+    assert error_lines(err) == [f"pgnet predict: error: {message}"]
+    assert not (tmp_path / "out").exists()  # checked before anything is written
 
 
 def test_predict_with_no_readable_image_is_a_user_error(capsys, tmp_path, cli_run):
@@ -95,7 +125,7 @@ def user_errors(tmp_path: Path, coco_sample: Path, tiny_data: Path) -> list[tupl
         (["eval", "--checkpoint", tmp_path / "missing.pt", "--data", tiny_data], "missing.pt", "pgnet train"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data], "garbage.pt", "pgnet train"),
         (["eval", "--checkpoint", tmp_path, "--data", tiny_data], "is a folder", "checkpoint file"),
-        (["predict", "--checkpoint", tmp_path / "missing.pt", "img.jpg", "--out", tmp_path / "o"],
+        (["predict", "--checkpoint", tmp_path / "missing.pt", tiny_data / "val2017", "--out", tmp_path / "o"],
          "missing.pt", "pgnet train"),
         (["eval", "--predictions", not_json], "--predictions needs --annotations", "GT.json"),
         (["eval", "--checkpoint", garbage_ckpt, "--data", tiny_data, "--set", "model.norm=gn"], "model.norm=gn",

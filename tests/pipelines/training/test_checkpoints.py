@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from pgnet.data.order import epoch_batches
+from pgnet.errors import PGNetError
 from pgnet.run.metrics_log import read_jsonl
-from pipelines.training.launch import train_on_ray
+from pipelines.training.launch import latest_checkpoint, train_on_ray
+from pipelines.training.shards import read_meta
 from tests.pipelines.conftest import train_records
 from tests.support.configs import pipeline_config
 from tests.support.probes import SampleTraceProbe, read_trace
@@ -72,14 +74,32 @@ def test_resuming_a_single_process_run_on_the_pipeline_is_refused(synthetic_dir,
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+def registered_step(run_dir: Path) -> int:
+    """The step of the newest pipeline checkpoint that Ray Train's controller has registered (named in its
+    checkpoint manager's snapshot); -1 when there is none yet."""
+    try:  # Ray Train deletes checkpoints beyond the two newest meanwhile
+        newest = latest_checkpoint(run_dir)
+        snapshots = list((run_dir / "ray").glob("*/checkpoint_manager_snapshot.json"))
+        if newest is None or not any(newest.name in s.read_text() for s in snapshots):
+            return -1
+        return read_meta(newest)["step"]
+    except (OSError, PGNetError):
+        return -1
+
+
 def test_a_killed_stage_worker_is_replaced_and_the_run_resumes(local_ray, synthetic_dir, tmp_path):
-    cfg = pipeline_config(synthetic_dir, *CONSTANT_LR, "train.epochs=4", "pipeline.stages=2", "ray.max_failures=1")
+    """Checkpoints every 2 steps (3 steps an epoch: mid-epoch ones too): the new worker group goes on from
+    the last one, losing at most 2 steps, and trains the same samples in the same order."""
+    cfg = pipeline_config(synthetic_dir, *CONSTANT_LR, "train.epochs=4", "pipeline.stages=2", "ray.max_failures=1",
+                          "train.checkpoint_every_steps=2")
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(summary=train_on_ray(cfg, tmp_path)), daemon=True)
     runner.start()
     metrics, pid_file = tmp_path / "metrics.jsonl", tmp_path / "workers" / "rank1.json"
     deadline = time.time() + 600
-    while time.time() < deadline and len(read_jsonl(metrics)) < 5:  # mid-way through epoch 2
+    # mid-way through epoch 2, once Ray Train has registered step 4's checkpoint (its controller does so at
+    # its next poll, after the upload: a worker killed before that restarts from the one before)
+    while time.time() < deadline and not (len(read_jsonl(metrics)) >= 5 and registered_step(tmp_path) >= 4):
         time.sleep(0.05)
     victim = json.loads(pid_file.read_text())["pid"]
     before = losses(read_jsonl(metrics))
@@ -88,7 +108,9 @@ def test_a_killed_stage_worker_is_replaced_and_the_run_resumes(local_ray, synthe
     assert not runner.is_alive(), "the run did not finish after the worker was killed"
 
     assert outcome["summary"]["step"] == 12
-    assert json.loads(pid_file.read_text())["pid"] != victim  # a new worker took the stage over
+    replaced = json.loads(pid_file.read_text())
+    assert replaced["pid"] != victim  # a new worker took the stage over
+    assert replaced["started_at_step"] >= max(4, len(before) - 2)  # from a step checkpoint, not epoch 1's end
     records = read_jsonl(metrics)
     assert [r["step"] for r in records] == list(range(1, 13))  # each step logged once
     after = losses(records)
