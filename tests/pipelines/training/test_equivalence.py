@@ -46,19 +46,19 @@ def assert_same_parameters(got: dict[str, torch.Tensor], want: dict[str, torch.T
     assert (diff / norm).item() < rel  # whole-model relative difference
 
 
-# Every schedule and every stage count once or more (S=2 x D=2 1F1B in the data-parallel test; S=1 holds both
-# virtual stages of interleaved 1F1B on one worker). `extra`
+# Every schedule and every stage count once or more (1F1B: S=2 x D=2 in the data-parallel test; S=1 holds
+# both virtual stages of interleaved 1F1B on one worker). `extra`
 # overrides go to the pipeline run and its single-process reference alike. The FPN case cuts ResNet-18's
 # 22 units [11, 8, 3]: the first boundary falls inside the neck, after its P4 lateral (the bus carries C2,
 # which `model.decoder_c2` sends to the decoder, C3 and the unfinished pyramid level), the second between
-# the heads (the bus carries the decoder features, the guidance maps and the first three heads' outputs). NHWC stages send their activations to
-# the next worker as contiguous buffers. bfloat16 stages compute under autocast and send float32 buses (the
+# the heads (the bus carries the decoder features, the guidance maps and the first three heads' outputs).
+# NHWC stages send their activations to the next worker as contiguous buffers. bfloat16 stages compute under autocast and send float32 buses (the
 # cast is exact). The reference accumulates gradients over the same micro-batches (`train.accumulate`): the
 # forward passes then agree to float32 rounding, bfloat16 included, but bfloat16 backward passes still round
 # differently across the stage boundaries, so after the first step (same weights: 1e-4) bf16 runs agree to 5e-3.
 @pytest.mark.parametrize("stages,schedule,extra", [
-    (3, "gpipe", ("train.channels_last=true",)),
-    (3, "1f1b", ("model.neck=fpn", "model.decoder_c2=true", "pipeline.balance=[11, 8, 3]")),
+    (3, "gpipe", ("train.channels_last=true", "model.neck=fpn", "model.decoder_c2=true",
+                  "pipeline.balance=[11, 8, 3]")),
     (1, "interleaved_1f1b", ("train.precision=bf16",)), (3, "interleaved_1f1b", ()),
 ], ids=lambda v: "-".join(v) if isinstance(v, tuple) else str(v))
 def test_pipeline_matches_single_process(local_ray, synthetic_dir, reference_run, tmp_path, stages, schedule,
