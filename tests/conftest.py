@@ -67,17 +67,19 @@ def tiny_overrides(tiny_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_overrides: list[str]) -> Path:
-    """A checkpoint of the tiny config's seeded, untrained network (weights only, as `checkpoint_best.pt`):
-    for inference tests, which check that every path decodes alike, not what the network learned."""
-    from pgnet.run.build import seeded_model
-    from pgnet.run.checkpoint import checkpoint_dict
-    from pgnet.run.state import RunState
-    from pgnet.torch_files import save_atomic
-    cfg = load_config(None, tiny_overrides)
-    path = tmp_path_factory.mktemp("tiny_checkpoint") / "checkpoint_best.pt"
-    save_atomic(checkpoint_dict(cfg, RunState(), seeded_model(cfg).state_dict()), path)
-    return path
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A weights-only checkpoint (as `checkpoint_best.pt`) of the tiny config's network with random weights
+    whose output maps have clear peaks (`tests.support.export`): for the inference and export tests, which
+    check that every path finds the same people, not what a network learned."""
+    from tests.support.export import clear_peaks_checkpoint
+    return clear_peaks_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "checkpoint_best.pt")[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_network(tiny_checkpoint: Path):
+    """`tiny_checkpoint`'s network as `pgnet predict --model CKPT` runs it (eval mode, on the CPU)."""
+    from pgnet.predict import load_for_inference
+    return load_for_inference(tiny_checkpoint)[0]
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from tests.support.configs import TINY_OVERRIDES
 MAP_TOLERANCE = 1e-4  # max abs difference of any output map between an exported file and torch
 
 
-def tiny_checkpoint(path: Path, seed: int = 0) -> tuple[Path, Config]:
+def clear_peaks_checkpoint(path: Path, seed: int = 0) -> tuple[Path, Config]:
     """A weights-only checkpoint (as `checkpoint_best.pt`) of the tiny config's network: BN statistics of a
     few random batches, heads' output layers drawn at std 0.05 (their init is 0.001: flat maps)."""
     cfg = load_config(None, TINY_OVERRIDES)

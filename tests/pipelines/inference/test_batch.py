@@ -15,16 +15,9 @@ from pgnet.evaluation.inference import evaluate_model
 from pgnet.predict import Predictor, load_for_inference
 from pipelines.inference.batch import ImageJob, run_batch_inference
 from tests.support.cli import run_cli
+from tests.support.export import assert_same_people
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray", "one_thread")]
-
-
-def same_people(a: list[dict], b: list[dict]) -> bool:
-    key = lambda p: (p["image_id"], -p["score"], p["bbox"])  # noqa: E731
-    return len(a) == len(b) and all(
-        x["image_id"] == y["image_id"] and abs(x["score"] - y["score"]) < 1e-5
-        and max(abs(u - v) for u, v in zip(x["bbox"] + x["keypoints"], y["bbox"] + y["keypoints"])) < 1e-3
-        for x, y in zip(sorted(a, key=key), sorted(b, key=key)))
 
 
 def test_a_folder_with_a_corrupt_image_gives_one_record_per_image(tiny_checkpoint, tiny_data, tmp_path):
@@ -45,7 +38,8 @@ def test_a_folder_with_a_corrupt_image_gives_one_record_per_image(tiny_checkpoin
         if not path.endswith("broken.jpg"):
             expected.extend(predictor.people([read_image(path)], [image_id])[0])
     results = json.loads((tmp_path / "results.json").read_text())
-    assert expected and same_people(results, expected)
+    assert expected
+    assert_same_people(expected, results)
     assert report.people == len(results)
 
 
@@ -61,7 +55,7 @@ def test_a_coco_split_scores_as_the_model_evaluated_in_process(tiny_checkpoint, 
                             max_people=cfg.data.max_people, train=False)
     metrics, results = evaluate_model(model, dataset, cfg.eval, torch.device("cpu"),
                                       progress=False)
-    assert same_people(json.loads(out.read_text()), results)
+    assert_same_people(results, json.loads(out.read_text()))
     scored = evaluate(ann_file, json.loads(out.read_text()))
     assert scored["keypoints/AP"] == pytest.approx(metrics["keypoints/AP"], abs=1e-9)
 

@@ -29,7 +29,12 @@ from pipelines.tracking.datasets import summarize_annotations
 from pipelines.tracking.models import best_evaluation, pip_requirements, run_model_id
 from pipelines.tracking.pyfunc import COLUMNS, as_pil_images, people_table
 from pipelines.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-from pipelines.tracking.ui import VIEW_TAG_PREFIX, runs_table_url, save_runs_view, ui_instructions
+from pipelines.tracking.ui import (
+    VIEW_TAG_PREFIX,
+    runs_table_url,
+    save_runs_view,
+    ui_instructions,
+)
 from tests.support.paths import COCO_SAMPLE_ANNOTATIONS, COCO_SAMPLE_IMAGES
 from tests.support.tracking import REGISTERED_NAME, tiny_sweep_file
 
