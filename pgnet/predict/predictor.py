@@ -98,9 +98,6 @@ class Predictor:
 
 
 def exported_loaders() -> dict[str, Callable[[str | Path, str], Predictor]]:
-    """Suffix -> loader of the files `pgnet export` writes (`pgnet.export`)."""
-    try:
-        from pgnet.export import LOADERS
-    except ImportError:  # pgnet.export not there yet
-        return {}
+    """Suffix -> loader of the files `pgnet export` writes (imported here: `pgnet.export` builds on this module)."""
+    from pgnet.export import LOADERS
     return LOADERS
