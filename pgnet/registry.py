@@ -28,6 +28,8 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, key: str, locations: tuple[str, ...]):
         self.kind, self.key, self.locations = kind, key, locations
         self._entries: dict[str, T] = {}
+        self._prefixes: dict[str, Callable[[str], T]] = {}  # "csv:" -> factory(rest of the name)
+        self._shown: tuple[str, ...] = ()  # the prefixed forms, for error messages ("csv:PATH")
         self._loaded = False
 
     def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
@@ -41,6 +43,12 @@ class Registry(Generic[T]):
             return obj
         return add if entry is None else add(entry)
 
+    def register_prefix(self, prefix: str, factory: Callable[[str], T], shown: str) -> None:
+        """Names starting with `prefix` map to `factory(rest)` (which raises ConfigError for a bad rest);
+        `shown` names the form in error messages (`csv:PATH`)."""
+        self._prefixes[prefix] = factory
+        self._shown = (*self._shown, shown)
+
     def unregister(self, name: str) -> None:
         """Remove an entry (tests that register a temporary variant clean up with it)."""
         self._entries.pop(name, None)
@@ -51,8 +59,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ConfigError(f"{self.key}={name!r} is not one of {', '.join(self._entries)} (the registered "
-                              f"{self.kind}s)") from None
+            for prefix, factory in self._prefixes.items():
+                if isinstance(name, str) and name.startswith(prefix):
+                    return factory(name[len(prefix):])
+            choices = ", ".join((*self._entries, *self._shown))
+            raise ConfigError(f"{self.key}={name!r} is not one of {choices} (the registered {self.kind}s)") from None
 
     def names(self) -> tuple[str, ...]:
         self._load()

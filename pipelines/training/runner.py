@@ -19,10 +19,11 @@ from pgnet.config import Config
 from pgnet.losses import PGNetLoss
 from pgnet.models import PGNet, set_sync_bn_group
 from pgnet.optim import align_lr, build_optimizer, build_scheduler
+from pgnet.registry import PIPELINE_SCHEDULES
 from pgnet.run.checkpoint import load_named_optimizer_state, named_optimizer_state
 from pgnet.runtime import set_memory_format
-from pipelines.training.schedules import build_schedule, virtual_stages
-from pipelines.training.stages import StageModule, build_stage_modules, stage_indices
+from pipelines.training.schedules import build_schedule, schedule_pieces, virtual_stages
+from pipelines.training.stages import StageModule, build_stage_modules
 from pipelines.training.topology import Groups, Topology
 
 
@@ -62,19 +63,20 @@ class PipelineRunner:
         self.total_steps = total_steps
         p = cfg.pipeline
         self.virtual = virtual_stages(p.schedule, p.virtual_stages)
-        self.pieces = stage_indices(topo.stage, topo.stages, self.virtual)
+        self.pieces = schedule_pieces(p.schedule, topo.stage, topo.stages, p.virtual_stages)
         num_pieces = topo.stages * self.virtual
-        self.modules: list[StageModule] = [set_memory_format(m.to(device), cfg.train.channels_last)
-                                           for m in build_stage_modules(model, balance, self.pieces, cfg.train.precision)]
+        split = PIPELINE_SCHEDULES.get(p.schedule).split_backward  # zero bubble: see StageModule.forward
+        self.modules: list[StageModule] = [set_memory_format(m.to(device), cfg.train.channels_last) for m in
+                                           build_stage_modules(model, balance, self.pieces, cfg.train.precision, split)]
         for module in self.modules:
             set_sync_bn_group(module, groups.data_parallel)
         self.holds_loss = (num_pieces - 1) in self.pieces
         self.output_names = model.output_names
         self.criterion = PGNetLoss(cfg.loss, guidance=cfg.model.guidance)
         self.term_names = list(self.criterion.weights)
-        stages = [PipelineStage(m, stage_index=i, num_stages=num_pieces, device=device, group=groups.pipeline)
-                  for m, i in zip(self.modules, self.pieces)]
-        self.schedule = build_schedule(p.schedule, stages, p.microbatches, self._loss)
+        self.pipeline_stages = [PipelineStage(m, stage_index=i, num_stages=num_pieces, device=device,
+                                              group=groups.pipeline) for m, i in zip(self.modules, self.pieces)]
+        self.schedule = build_schedule(p.schedule, self.pipeline_stages, p.microbatches, self._loss)
         self.named_params = [np for m in self.modules for np in m.named_model_parameters()]
         self.optimizer = build_optimizer(cfg.optim, self.named_params)
         self.scheduler = build_scheduler(cfg.optim, self.optimizer, total_steps)
@@ -103,6 +105,7 @@ class PipelineRunner:
         target = packed_targets.to(self.device) if self.holds_loss else None
         self.schedule.step(*args, target=target, losses=losses if self.holds_loss else None,
                            return_outputs=False)
+        self._match_gradient_layouts()
         self._average_gradients()
         if self.cfg.optim.grad_clip > 0:
             self._clip_gradients(self.cfg.optim.grad_clip)
@@ -111,6 +114,14 @@ class PipelineRunner:
         self.scheduler.step()
         loss, terms = self._batch_metrics(losses)
         return loss, terms, lr
+
+    def _match_gradient_layouts(self) -> None:
+        """Give every gradient its parameter's strides. A zero-bubble schedule's weight-gradient pass sets
+        `p.grad` to what `autograd.grad` returned (a CPU convolution's weight gradient comes channels-last),
+        and the fused optimisers read a gradient in its parameter's layout: the update was wrong."""
+        for _, p in self.named_params:
+            if p.grad is not None and p.grad.stride() != p.stride():
+                p.grad = torch.empty_like(p).copy_(p.grad)
 
     def _average_gradients(self) -> None:
         if self.topo.replicas == 1:

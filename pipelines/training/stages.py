@@ -29,12 +29,14 @@ class _ContiguousGrad(torch.autograd.Function):
 
 class StageModule(nn.Module):
     """Consecutive units; takes and returns the bus (a tuple of tensors). `precision` is
-    `train.precision`: with `bf16` the units run under bfloat16 autocast, as in one process."""
+    `train.precision`: with `bf16` the units run under bfloat16 autocast, as in one process.
+    `fresh_outputs` (zero-bubble schedules): the outputs are always copies, never a unit's own tensors."""
 
-    def __init__(self, units: Sequence[Unit], precision: str = "fp32"):
+    def __init__(self, units: Sequence[Unit], precision: str = "fp32", fresh_outputs: bool = False):
         super().__init__()
         self.units = nn.ModuleList(units)
         self.precision = precision
+        self.fresh_outputs = fresh_outputs
 
     def forward(self, *bus: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bus = tuple(_ContiguousGrad.apply(t) if t.requires_grad else t for t in bus)
@@ -43,7 +45,10 @@ class StageModule(nn.Module):
                 bus = unit(*bus)
         # The bus goes to another worker: contiguous float32 buffers (channels-last activations are not
         # contiguous; bfloat16 ones would not match the buffers the schedule allocates), exact for bf16.
-        return tuple(t.float().contiguous() for t in bus)
+        # A zero-bubble schedule detaches a stage's outputs in place after the input gradient, and a unit's own
+        # output is often saved for the weight gradient (a ReLU's, say): there, always copies.
+        return tuple(t.to(torch.float32, copy=self.fresh_outputs, memory_format=torch.contiguous_format)
+                     for t in bus)
 
     def named_model_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters under the full model's names (`backbone.layer1.0.conv1.weight`, ...)."""
@@ -75,12 +80,7 @@ def split_units(units: list[Unit], balance: Sequence[int]) -> list[list[Unit]]:
     return out
 
 
-def stage_indices(stage: int, stages: int, virtual: int) -> list[int]:
-    """Pipeline piece indices held by worker `stage`: stage, stage + S, ... (interleaved schedules)."""
-    return [stage + v * stages for v in range(virtual)]
-
-
 def build_stage_modules(model: PGNet, balance: Sequence[int], pieces: list[int],
-                        precision: str = "fp32") -> list[StageModule]:
+                        precision: str = "fp32", fresh_outputs: bool = False) -> list[StageModule]:
     parts = split_units(model.units(), balance)
-    return [StageModule(parts[i], precision) for i in pieces]
+    return [StageModule(parts[i], precision, fresh_outputs) for i in pieces]

@@ -16,6 +16,7 @@ class Topology:
     stages: int
     replicas: int
     rank: int
+    loss_stage: int = -1  # the pipeline worker that holds the model's last piece (-1: the last worker; V: 0)
 
     @property
     def stage(self) -> int:
@@ -33,13 +34,18 @@ class Topology:
     def last(self) -> bool:
         return self.stage == self.stages - 1
 
+    @property
+    def holds_loss(self) -> bool:
+        """This worker computes the loss (it needs the batch's targets)."""
+        return self.stage == self.loss_stage % self.stages
+
     def rank_of(self, replica: int, stage: int) -> int:
         return replica * self.stages + stage
 
     @property
-    def last_stage_rank(self) -> int:
-        """World rank of the last stage of this worker's replica."""
-        return self.rank_of(self.replica, self.stages - 1)
+    def loss_rank(self) -> int:
+        """World rank of the worker of this replica that holds the loss."""
+        return self.rank_of(self.replica, self.loss_stage % self.stages)
 
 
 @dataclass
