@@ -183,9 +183,15 @@ class PipelineConfig:
     stages: int = 0  # 0: the plain single-process trainer; S >= 1: Ray Train pipeline
     schedule: str = choice(PIPELINE_SCHEDULES, "1f1b")
     microbatches: int = 4
-    virtual_stages: int = 2  # stages per worker for interleaved_1f1b
+    virtual_stages: int = 2  # stages per worker of the looped multi-stage schedules (interleaved_*, looped_bfs)
     balance: tuple[int, ...] | None = None  # units per stage; None: measured balance
     data_parallel: int = 1
+    trace: bool = False  # write pipeline_trace.json: a Chrome trace of the third step on every worker
+
+    def pin_paths(self) -> None:
+        """Make a `csv:PATH` schedule's path absolute, for workers that run in another working directory."""
+        if self.schedule.startswith("csv:") and len(self.schedule) > 4:
+            self.schedule = "csv:" + str(Path(self.schedule[4:]).absolute())
 
 
 @dataclass
@@ -204,6 +210,9 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "pgnet"
     run_name: str | None = None
+    # Seconds a run keeps retrying an unreachable MLflow before it stops trying (`pgnet mlflow sync` sends the
+    # rest later): a minute bounds what an outage adds to a run's end, and rides out a server restart.
+    retry_seconds: float = 60.0
 
 
 @dataclass

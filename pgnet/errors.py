@@ -33,3 +33,7 @@ class OutputExistsError(PGNetError, FileExistsError):
 class TrainingError(PGNetError, RuntimeError):
     """Training stopped for a reason the user can act on: too many bad images, a non-finite loss,
     a cluster too small for the plan, a failed pipeline worker."""
+
+
+class TrackingError(PGNetError, RuntimeError):
+    """The tracking store (MLflow) cannot be reached where the work cannot go on without it."""

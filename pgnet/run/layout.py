@@ -9,7 +9,10 @@
       val_predictions_best.json that evaluation's COCO results
       balance.json              pipeline runs: the measured stage cut
       workers/rank<r>.json      pipeline runs: which process and node hosts which stage
+      pipeline_trace.json       pipeline runs with pipeline.trace: a Chrome trace of one step on every worker
       ray/                      pipeline runs: Ray Train's stage checkpoints (the resumable state)
+      mlflow.json               tracked runs: its MLflow run, and what of the run has reached it
+      summary.json              a sweep trial that trained to its end: its last report
 """
 from __future__ import annotations
 
@@ -30,7 +33,10 @@ PREVIOUS_CHECKPOINT = "checkpoint_previous.pt"  # the last one before checkpoint
 BEST_PREDICTIONS = "val_predictions_best.json"
 BALANCE_FILE = "balance.json"
 WORKERS_DIR = "workers"
+PIPELINE_TRACE_FILE = "pipeline_trace.json"
 STAGE_CHECKPOINTS_DIR = "ray"
+MLFLOW_FILE = "mlflow.json"  # written by `pipelines.tracking.mirror`
+SUMMARY_FILE = "summary.json"  # written by `pipelines.sweeps.sweep.run_trial`
 BEST_METRIC = "keypoints/AP"  # what "best" means for checkpoint_best.pt
 
 
@@ -60,7 +66,10 @@ class RunDir:
     best_predictions = _entry(BEST_PREDICTIONS)
     balance = _entry(BALANCE_FILE)
     workers = _entry(WORKERS_DIR)
+    pipeline_trace = _entry(PIPELINE_TRACE_FILE)
     stage_checkpoints = _entry(STAGE_CHECKPOINTS_DIR)
+    mlflow = _entry(MLFLOW_FILE)
+    summary = _entry(SUMMARY_FILE)
 
     def check_new(self) -> None:
         """A run starts only in a directory that holds no run (its step log), unless resumed."""

@@ -18,7 +18,7 @@ from pgnet.config import Config
 from pgnet.errors import TrainingError
 from pgnet.run.bad_samples import BadSampleBudget
 from pgnet.run.layout import BEST_METRIC, RunDir
-from pgnet.run.metrics_log import JsonlLog, step_record
+from pgnet.run.metrics_log import JsonlLog, step_record, wall_time
 from pgnet.run.state import RunState
 from pgnet.torch_files import save_atomic, save_keeping_previous
 
@@ -116,7 +116,7 @@ class TrainingRun:
         """Log an evaluation; when it is the best so far (`keypoints/AP`), keep its COCO results and save
         `best_checkpoint()` as `checkpoint_best.pt`. Returns whether it was the best."""
         self.last_metrics = metrics
-        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics, "time": wall_time()}
         if self.writer:
             self.eval_log.append(record)
         self._call("on_eval", record)

@@ -1,4 +1,4 @@
-"""`pgnet`: train, eval, predict, infer, export, data synth, bench, sweep, report, demo.
+"""`pgnet`: train, eval, predict, infer, export, data synth, bench, sweep, report, demo, mlflow sync, plan.
 
 Each group of sub-commands lives in its own module (`training`, `inference`, `data`, `sweeps`,
 `bench`); Ray is imported only by the commands that need it. A user error (`pgnet.errors.PGNetError`:
@@ -12,11 +12,11 @@ import logging
 import sys
 
 from pgnet.errors import PGNetError
-from pipelines.cli import bench, data, export, infer, inference, sweeps, training
+from pipelines.cli import bench, data, export, infer, inference, plan, sweeps, tracking, training
 
 log = logging.getLogger("pgnet")
 
-COMMAND_GROUPS = (training, inference, infer, export, data, bench, sweeps)
+COMMAND_GROUPS = (training, inference, infer, export, data, bench, sweeps, tracking, plan)
 
 
 def build_parser() -> argparse.ArgumentParser:

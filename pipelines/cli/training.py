@@ -35,13 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                         progress=not args.quiet) as hooks:
         if cfg.pipeline.stages >= 1:
             from pipelines.training.launch import train_on_ray
-            summary = train_on_ray(cfg, args.run_dir, resume=args.resume,
-                                   tracking=hooks[0].target if hooks else None)
+            summary = train_on_ray(cfg, args.run_dir, resume=args.resume)
         else:
             from pgnet.train import train
             summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet, hooks=hooks)
     print_summary(summary)
-    if hooks:  # tracked in MLflow: where to see the run
+    if hooks and hooks[0].sender.complete:  # tracked in MLflow: where to see the run
         from pipelines.tracking.ui import run_ui_lines
         print("\n".join(run_ui_lines(hooks[0].client, hooks[0].run_id)))
     return 0

@@ -10,30 +10,34 @@ in the sweep file, the best trial's model goes to MLflow's Model Registry under 
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from pgnet.atomic import write_json_atomic
 from pgnet.config import Config
 from pgnet.data.source import resolve_data_root
-from pgnet.errors import OutputExistsError
+from pgnet.errors import OutputExistsError, PGNetError, TrackingError
+from pgnet.run.layout import RunDir
 from pipelines.sweeps.spec import SweepConfig, expand_params
-from pipelines.tracking.artifacts import log_run_artifacts
 from pipelines.tracking.datasets import log_datasets
-from pipelines.tracking.hooks import MlflowHooks
+from pipelines.tracking.hooks import start_tracking
+from pipelines.tracking.ledger import read_ledger
+from pipelines.tracking.mirror import RunMirror
 from pipelines.tracking.models import register_run_model
 from pipelines.tracking.runs import (
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
-    experiment_id,
     find_tagged_run,
     reopen_tagged_run,
     start_run,
@@ -52,35 +56,35 @@ REGISTERED_TAG = "pgnet.registered_model"  # on the parent run: name/version of 
 # --- the trial ------------------------------------------------------------------------------------
 
 def run_trial(params: dict[str, Any], sweep: SweepConfig, parent_run_id: str, uri: str, trials_dir: str) -> None:
-    """One trial: resolve its config, open (or reopen) its MLflow child run, train on Ray."""
+    """One trial: resolve its config, mirror its run directory into its MLflow child run, train on Ray."""
     cfg = sweep.trial_config(params)
     ctx = tune.get_context()
     run_dir = Path(trials_dir) / ctx.get_trial_id()  # stable across a restored sweep
-    client = MlflowClient(uri)
-    run_id = trial_run_id(client, cfg, ctx.get_trial_id(), ctx.get_trial_name(), parent_run_id, params)
-    hooks = MlflowHooks(client, run_id)
+    if RunDir(run_dir).summary.is_file():
+        # trained to its end, but the sweep's driver died before Tune noted it: report, do not train again
+        tune.report(json.loads(RunDir(run_dir).summary.read_text()))
+        return
     # A restored sweep re-runs the trials it had not finished: from their last checkpoint if they
-    # had one, else from scratch (the partial step log is truncated, not appended to).
+    # had one, else from scratch (the partial step log is truncated, not appended to); in the same MLflow run.
     resume = run_dir.exists()
+    sender = start_trial_tracking(cfg, run_dir, uri, ctx.get_trial_id(), ctx.get_trial_name(), parent_run_id,
+                                  params, resume)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        train_on_ray(cfg, run_dir, resume=resume, tracking=hooks.target, callbacks=[TuneReportCallback()])
+        summary = train_on_ray(cfg, run_dir, resume=resume, callbacks=[TuneReportCallback()])
+        write_json_atomic(summary, RunDir(run_dir).summary)
         status = RunStatus.to_string(RunStatus.FINISHED)
     finally:
-        hooks.finish(run_dir, status)
+        sender.finish(status)
 
 
-def trial_run_id(client: MlflowClient, cfg: Config, trial_id: str, trial_name: str, parent_run_id: str,
-                 params: dict[str, Any]) -> str:
-    """The trial's child run: found by its trial id when the sweep was restored, else created."""
-    found = reopen_tagged_run(client, cfg.tracking.experiment, TRIAL_TAG, trial_id)
-    if found:
-        return found.info.run_id
+def start_trial_tracking(cfg: Config, run_dir: Path, uri: str, trial_id: str, trial_name: str, parent_run_id: str,
+                         params: dict[str, Any], resume: bool):
+    """The trial's MLflow child run in the sweep's store `uri`, named for its swept values, mirrored from its run
+    directory."""
     swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in expand_params(params).items())
-    run_id = start_run(client, cfg, run_name=f"{trial_name} ({swept})", parent_run_id=parent_run_id,
-                       extra_tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
-    log_datasets(client, run_id, cfg)
-    return run_id
+    return start_tracking(cfg, run_dir, uri=uri, resume=resume, run_name=f"{trial_name} ({swept})",
+                          parent_run_id=parent_run_id, tags={TRIAL_TAG: trial_id, ROLE_TAG: "trial"})
 
 
 # --- closing runs the trial could not close ---------------------------------------------------------
@@ -88,23 +92,26 @@ def trial_run_id(client: MlflowClient, cfg: Config, trial_id: str, trial_name: s
 class MlflowTrialCloser(tune.Callback):
     """On the driver: a trial stopped by the scheduler or killed mid-run ends KILLED or FAILED in MLflow.
 
-    A trial that returns closes its own run; one that Tune stops (ASHA) or that
-    dies never reaches its `finally`, so its run would stay RUNNING without this.
+    A trial that returns sends its own end; one that Tune stops (ASHA) or that dies never reaches its
+    `finally`, so its run would stay RUNNING without this. One attempt: an unreachable server must not
+    stall the sweep (`pgnet mlflow sync` sends the rest later).
     """
 
-    def __init__(self, uri: str, experiment: str, max_epochs: int, trials_dir: Path):
-        self.uri, self.experiment, self.max_epochs, self.trials_dir = uri, experiment, max_epochs, trials_dir
+    def __init__(self, max_epochs: int, trials_dir: Path):
+        self.max_epochs, self.trials_dir = max_epochs, trials_dir
 
     def _close(self, trial, status: RunStatus) -> None:
-        client = MlflowClient(self.uri)
-        exp = experiment_id(client, self.experiment)
-        for run in client.search_runs([exp], filter_string=f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'"):
-            if run.info.status == "RUNNING":
-                run_dir = self.trials_dir / trial.trial_id
-                try:
-                    log_run_artifacts(client, run.info.run_id, run_dir)
-                finally:
-                    client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+        run_dir = self.trials_dir / trial.trial_id
+        ledger = read_ledger(run_dir)
+        if ledger is None or ledger.status is not None:  # never tracked, or the trial sent its own end
+            return
+        mirror = RunMirror(run_dir, ledger)
+        mirror.end(RunStatus.to_string(status))
+        try:
+            mirror.sync(final=True)
+        except Exception as exc:  # the server is unreachable: the ledger keeps what is missing
+            log.warning("trial %s: MLflow did not take its end (%s); send it later with: pgnet mlflow sync %s",
+                        trial.trial_id, exc, run_dir)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = (trial.last_result or {}).get("epoch", 0)
@@ -124,7 +131,7 @@ def trainable(sweep: SweepConfig, storage: Path, parent_run_id: str, uri: str):
 
 
 def build_tuner(sweep: SweepConfig, base: Config, storage: Path, parent_run_id: str, uri: str) -> tune.Tuner:
-    closer = MlflowTrialCloser(uri, base.tracking.experiment, base.train.epochs, storage / sweep.name / TRIALS_DIR)
+    closer = MlflowTrialCloser(base.train.epochs, storage / sweep.name / TRIALS_DIR)
     return tune.Tuner(
         trainable(sweep, storage, parent_run_id, uri),
         param_space=sweep.param_space(),
@@ -180,7 +187,7 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
     check_capacity(largest, concurrent)
     uri = tracking_uri(base.tracking.tracking_uri)
     client = MlflowClient(uri)
-    parent = sweep_parent_run(client, sweep, base, storage, resume)
+    parent = open_parent_run(client, sweep, base, storage, resume)
     log.info("sweep %s: %d trials, %d at a time; MLflow parent run %s in %s", sweep.name, sweep.total_trials(),
              concurrent, parent, uri)
     status = RunStatus.to_string(RunStatus.FAILED)
@@ -198,15 +205,39 @@ def run_sweep(sweep: SweepConfig, storage: str | Path = "runs/sweeps", resume: b
         status = RunStatus.to_string(RunStatus.FINISHED)
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
         if best and best.metrics:
-            client.log_metric(parent, f"best/{sweep.metric}", float(best.metrics.get(sweep.metric, math.nan)))
-            if sweep.register_model:
-                register_best_trial(client, sweep.register_model, parent, str(best.metrics.get("trial_id")))
+            with tracking_warning(uri, f"the sweep's best {sweep.metric} and its registered model"):
+                client.log_metric(parent, f"best/{sweep.metric}", float(best.metrics.get(sweep.metric, math.nan)))
+                if sweep.register_model:
+                    register_best_trial(client, sweep.register_model, parent, str(best.metrics.get("trial_id")))
         return grid
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
-        client.set_terminated(parent, status)
+        with tracking_warning(uri, f"the sweep's parent run's status {status}"):
+            client.set_terminated(parent, status)
+
+
+def open_parent_run(client: MlflowClient, sweep: SweepConfig, base: Config, storage: Path, resume: bool) -> str:
+    """`sweep_parent_run`, or a clear error before any trial starts if MLflow does not answer."""
+    try:
+        return sweep_parent_run(client, sweep, base, storage, resume)
+    except PGNetError:
+        raise
+    except Exception as exc:  # the client raises many types for an unreachable server
+        raise TrackingError(f"MLflow at {client.tracking_uri} did not answer ({type(exc).__name__}); the sweep has "
+                            "not started. Start the tracking server, or point MLFLOW_TRACKING_URI (or "
+                            "tracking.tracking_uri) at one that runs") from exc
+
+
+@contextlib.contextmanager
+def tracking_warning(uri: str, what: str) -> Iterator[None]:
+    """At a sweep's end, an unreachable MLflow costs `what` (said in a warning), not the sweep's results."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("MLflow at %s did not take %s (%s: %s); the trials' results are in the sweep's folder", uri,
+                    what, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
 
 
 # --- the sweep in MLflow: its best model registered, its trials in the UI ----------------------------
@@ -232,7 +263,13 @@ def sweep_tracking_lines(sweep: SweepConfig, storage: str | Path = "runs/sweeps"
     MLflow UI (a view of the sweep's trials ranked by its metric, with the swept params as columns)."""
     base = sweep.base_config()
     uri = tracking_uri(base.tracking.tracking_uri)
-    client = MlflowClient(uri)
+    lines: list[str] = []
+    with tracking_warning(uri, "the view of the sweep's trials"):
+        lines = _ui_lines(sweep, MlflowClient(uri), base, storage)
+    return lines
+
+
+def _ui_lines(sweep: SweepConfig, client: MlflowClient, base: Config, storage: str | Path) -> list[str]:
     parent = find_tagged_run(client, base.tracking.experiment, SWEEP_TAG, str(Path(storage).absolute() / sweep.name))
     if parent is None:
         return []
@@ -246,7 +283,8 @@ def sweep_tracking_lines(sweep: SweepConfig, storage: str | Path = "runs/sweeps"
     exp = parent.info.experiment_id
     key = save_runs_view(client, exp, params=tuple(swept), metrics=tuple(metrics), order_metric=sweep.metric,
                          ascending=sweep.mode == "min", search_filter=child_runs_filter(parent.info.run_id))
-    return [*lines, "compare the trials in the MLflow UI:", *(f"  {line}" for line in ui_instructions(uri, exp, key))]
+    return [*lines, "compare the trials in the MLflow UI:",
+            *(f"  {line}" for line in ui_instructions(client.tracking_uri, exp, key))]
 
 
 def pin_paths(sweep: SweepConfig, base: Config) -> None:

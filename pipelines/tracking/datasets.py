@@ -74,12 +74,17 @@ def split_input(cfg: Config, root: Path, split: str, context: str) -> DatasetInp
     return DatasetInput(dataset, tags=[InputTag(CONTEXT_TAG, context)])
 
 
-def log_datasets(client: MlflowClient, run_id: str, cfg: Config, progress: bool = False) -> list[DatasetInput]:
-    """Log the run's training and validation splits as its dataset inputs (the synthetic set is written first
-    when missing, as the trainer would)."""
+def dataset_inputs(cfg: Config, progress: bool = False) -> list[DatasetInput]:
+    """The run's training and validation splits as dataset inputs, computed here (no MLflow call); the synthetic
+    set is written first when missing, as the trainer would."""
     from pgnet.data.source import resolve_data_root
     root = resolve_data_root(cfg.data, progress=progress)
-    inputs = [split_input(cfg, root, cfg.data.train_split, "train"),
-              split_input(cfg, root, cfg.data.val_split, "validation")]
+    return [split_input(cfg, root, cfg.data.train_split, "train"),
+            split_input(cfg, root, cfg.data.val_split, "validation")]
+
+
+def log_datasets(client: MlflowClient, run_id: str, cfg: Config, progress: bool = False) -> list[DatasetInput]:
+    """Log the run's training and validation splits as its dataset inputs (`dataset_inputs`)."""
+    inputs = dataset_inputs(cfg, progress)
     client.log_inputs(run_id, datasets=inputs)
     return inputs

@@ -1,115 +1,93 @@
-"""Streaming a training run into MLflow: trainer hooks, and the context that opens and closes its run.
+"""A run's MLflow tracking from start to end: its ledger, the background sender, and trainer hooks.
 
-A run starts with its data sets as MLflow dataset inputs (`pipelines.tracking.datasets`) and always
-ends FINISHED, FAILED or KILLED, never left RUNNING; at its end its files and plots are uploaded and
-its best checkpoint logged as an MLflow model (`pipelines.tracking.artifacts`).
+`start_tracking` notes in `run_dir/mlflow.json` which MLflow run mirrors the run (created at once when the
+server answers, later otherwise), computes the data sets' descriptions, and starts the background sender
+(`pipelines.tracking.sender`). The run's MLflow status ends FINISHED, FAILED or KILLED, never left RUNNING,
+once the server has received it; until then the run directory holds everything.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
+from mlflow.entities import RunStatus
 
 from pgnet.config import Config
-from pipelines.tracking.artifacts import log_run_artifacts
-from pipelines.tracking.datasets import log_datasets
-from pipelines.tracking.runs import RUN_DIR_TAG, reopen_run, start_run, tracking_uri
-from pipelines.tracking.target import TrackingTarget
+from pipelines.tracking.datasets import dataset_inputs
+from pipelines.tracking.ledger import Ledger, read_ledger, write_ledger
+from pipelines.tracking.mirror import RunMirror
+from pipelines.tracking.runs import tracking_uri
+from pipelines.tracking.sender import BackgroundSender
 
 log = logging.getLogger("pgnet.tracking")
 
-MLFLOW_BATCH = 1000  # metrics per log_batch call: MLflow's limit
+
+def start_tracking(cfg: Config, run_dir: str | Path, uri: str | None = None, resume: bool = False,
+                   run_name: str | None = None, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                   progress: bool = False) -> BackgroundSender:
+    """Start mirroring `run_dir` into MLflow at `uri` (default: the config's store); a resumed run goes on in its
+    own MLflow run."""
+    run_dir = Path(run_dir).absolute()
+    uri = uri or tracking_uri(cfg.tracking.tracking_uri)
+    ledger = read_ledger(run_dir) if resume else None
+    if ledger is not None and ledger.uri != uri:
+        log.warning("%s was tracked in %s; the resumed run is tracked in %s as a new MLflow run", run_dir,
+                    ledger.uri, uri)
+        ledger = None
+    if ledger is None:
+        ledger = Ledger(uri=uri, experiment=cfg.tracking.experiment,
+                        run_name=run_name or cfg.tracking.run_name or run_dir.name, tags=dict(tags or {}),
+                        parent_run_id=parent_run_id, reopen=resume)
+    else:  # resumed: the same MLflow run, RUNNING again, its end still to come
+        ledger.reopen = ledger.run_id is not None or ledger.reopen
+        ledger.status, ledger.artifacts, ledger.closed = None, False, False
+    write_ledger(run_dir, ledger)
+    mirror = RunMirror(run_dir, ledger, cfg, dataset_inputs(cfg, progress=progress))
+    return BackgroundSender(mirror, cfg.tracking.retry_seconds).start()
 
 
-class MlflowHooks:
-    """Trainer hooks (`pgnet.run.training_run.TrainHooks`) that stream a run into MLflow: step records
-    are sent every `flush_every` steps, evaluations and epoch ends at once."""
+class MirrorHooks:
+    """Trainer hooks (`pgnet.run.training_run.TrainHooks`): an evaluation or an epoch's end is sent at once;
+    step records go with the sender's next sync. Nothing here waits for MLflow."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 20):
-        self.client, self.run_id = client, run_id
-        self.flush_every = flush_every
-        self.pending: list[Metric] = []
-        self.steps_pending = 0
-
-    @classmethod
-    def from_target(cls, target: TrackingTarget) -> "MlflowHooks":
-        return cls(MlflowClient(target.uri), target.run_id)
+    def __init__(self, sender: BackgroundSender):
+        self.sender = sender
 
     @property
-    def target(self) -> TrackingTarget:
-        return TrackingTarget(self.client.tracking_uri, self.run_id)
+    def run_id(self) -> str | None:
+        return self.sender.mirror.ledger.run_id
 
-    def _metrics(self, record: dict[str, Any], skip: tuple[str, ...]) -> list[Metric]:
-        now = int(time.time() * 1000)
-        step = int(record.get("step", 0))
-        return [Metric(metric_key(k), float(v), now, step) for k, v in record.items()
-                if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    @property
+    def client(self):
+        return self.sender.mirror.client
 
     def on_step(self, record: dict[str, Any]) -> None:
-        self.pending.extend(self._metrics(record, skip=("step",)))
-        self.steps_pending += 1
-        if self.steps_pending >= self.flush_every:
-            self.flush()
+        pass
 
     def on_eval(self, record: dict[str, Any]) -> None:
-        self.pending.extend(self._metrics(record, skip=("step",)))
-        self.flush()
+        self.sender.poke()
 
     def on_epoch_end(self, epoch: int) -> None:
-        self.flush()
-
-    def flush(self) -> None:
-        for i in range(0, len(self.pending), MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, metrics=self.pending[i:i + MLFLOW_BATCH])
-        self.pending, self.steps_pending = [], 0
-
-    def finish(self, run_dir: Path, status: str) -> None:
-        """Flush, upload the run's files and artifacts, and close the run with `status`."""
-        try:
-            self.flush()
-            log_run_artifacts(self.client, self.run_id, Path(run_dir))
-        finally:
-            self.client.set_terminated(self.run_id, status)
-
-
-def metric_key(name: str) -> str:
-    """MLflow keys allow letters, digits, _ - . / and spaces: keep ours (`keypoints/AP`) as they are."""
-    return name.replace("@", "_at_")
+        self.sender.poke()
 
 
 @contextlib.contextmanager
-def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True, parent_run_id: str | None = None,
-                   resume: bool = False, progress: bool = True) -> Iterator[list]:
-    """Trainer hooks for one MLflow run around a `pgnet train` (with `resume`, the run dir's own run,
-    reopened); a new run logs its data sets first (`progress`: while the synthetic set is written, if it
-    is missing); the run is closed whatever happens."""
+def tracking_hooks(cfg: Config, run_dir: str | Path, enabled: bool = True, resume: bool = False,
+                   progress: bool = True) -> Iterator[list[MirrorHooks]]:
+    """Trainer hooks for the MLflow run of a `pgnet train` in `run_dir` (`progress`: while the synthetic set is
+    written, if it is missing); the run's end status is sent whatever happens."""
     if not (enabled and cfg.tracking.mlflow):
         yield []
         return
-    client = MlflowClient(tracking_uri(cfg.tracking.tracking_uri))
-    where = str(Path(run_dir).absolute())
-    run_id = reopen_run(client, cfg, where) if resume else None
-    new_run = run_id is None
-    if new_run:
-        run_id = start_run(client, cfg, run_name=cfg.tracking.run_name or Path(run_dir).name,
-                           parent_run_id=parent_run_id, extra_tags={RUN_DIR_TAG: where})
-        log.info("MLflow run %s in %s", run_id, client.tracking_uri)
-    else:
-        log.info("MLflow run %s in %s, reopened: the resumed run goes on in it", run_id, client.tracking_uri)
-    hooks = MlflowHooks(client, run_id)
+    sender = start_tracking(cfg, run_dir, resume=resume, progress=progress)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        if new_run:
-            log_datasets(client, run_id, cfg, progress=progress)
-        yield [hooks]
+        yield [MirrorHooks(sender)]
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
-        hooks.finish(Path(run_dir), status)
+        sender.finish(status)

@@ -82,7 +82,7 @@ def log_best_model(client: MlflowClient, run_id: str, run_dir: Path):
 
 def _link_metrics(client: MlflowClient, run_id: str, model_id: str, best: dict) -> None:
     """The best evaluation's metrics, as the run logged them, also recorded as the model's."""
-    from pipelines.tracking.hooks import metric_key  # hooks -> artifacts -> models: imported when called
+    from pipelines.tracking.mirror import metric_key  # mirror -> artifacts -> models: imported when called
     step = best.get("step")
     metrics = []
     for key in sorted(k for k in best if k not in ("step", "epoch")):

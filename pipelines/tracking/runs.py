@@ -119,21 +119,13 @@ def reopen_tagged_run(client: MlflowClient, experiment: str, tag: str, value: st
     return found
 
 
-def reopen_run(client: MlflowClient, cfg: Config, run_dir: str) -> str | None:
-    """The MLflow run of the `pgnet train` run in `run_dir`, reopened (`reopen_tagged_run`); None if there is none.
-
-    Its params stay those of its start (MLflow params cannot change): a resume with other
-    `train.epochs` is noted in the tag `pgnet.resumed_with`."""
-    run = reopen_tagged_run(client, cfg.tracking.experiment, RUN_DIR_TAG, run_dir)
-    if run is None:
-        log.warning("no MLflow run of %s in experiment %r: the resumed run gets a new one", run_dir,
-                    cfg.tracking.experiment)
-        return None
+def note_resumed(client: MlflowClient, run_id: str, cfg: Config) -> None:
+    """Set the MLflow run of a resumed run RUNNING again. Its params stay those of its start (MLflow params
+    cannot change): a resume with other values (`train.epochs`...) is noted in the tag `pgnet.resumed_with`."""
+    run = client.get_run(run_id)
+    client.update_run(run_id, status="RUNNING")
     changed = {k: param_text(v) for k, v in cfg.flat().items()
                if k in run.data.params and run.data.params[k] != param_text(v)}
     if changed:
         resumed_with = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
-        client.set_tag(run.info.run_id, "pgnet.resumed_with", resumed_with[:5000])
-    return run.info.run_id
-
-
+        client.set_tag(run_id, "pgnet.resumed_with", resumed_with[:5000])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
@@ -28,11 +29,17 @@ from pgnet.data.dataset import coco_paths
 from pgnet.data.order import steps_per_epoch
 from pgnet.data.records import load_coco_records
 from pgnet.data.source import resolve_data_root
-from pgnet.errors import ConfigError, MissingFileError, OutputExistsError, TrainingError
+from pgnet.errors import (
+    CheckpointError,
+    ConfigError,
+    MissingFileError,
+    OutputExistsError,
+    TrainingError,
+)
 from pgnet.run.build import seeded_model, total_steps
 from pgnet.run.layout import LAST_CHECKPOINT, RunDir
-from pipelines.tracking.target import TrackingTarget
 from pipelines.training.balance import (
+    UnitCost,
     costs_to_json,
     measure_unit_costs,
     partition,
@@ -41,7 +48,7 @@ from pipelines.training.balance import (
 from pipelines.training.plan import WorkerPlan
 from pipelines.training.ray_runtime import ensure_ray
 from pipelines.training.schedules import virtual_stages
-from pipelines.training.shards import META, read_meta
+from pipelines.training.shards import read_checkpoint, read_meta
 from pipelines.training.worker import train_loop_per_worker
 
 log = logging.getLogger("pgnet.pipeline")
@@ -56,12 +63,11 @@ def choose_balance(cfg: Config, run_dir: RunDir | None = None, print_fn=print) -
         print_fn(f"stage balance: one stage holds all {units} units")
         return [units]
     microbatch = cfg.train.batch_size // cfg.pipeline.data_parallel // cfg.pipeline.microbatches
-    costs = measure_unit_costs(model, tuple(cfg.data.input_size), max(1, microbatch),
-                               channels_last=cfg.train.channels_last, precision=cfg.train.precision)
+    costs = unit_costs(cfg, model, max(1, microbatch))
     balance = list(cfg.pipeline.balance) if cfg.pipeline.balance else partition([c.seconds for c in costs], pieces)
     if len(balance) != pieces:
         raise ConfigError(f"pipeline.balance has {len(balance)} entries but the run needs {pieces} "
-                         "(stages x virtual stages for interleaved_1f1b)")
+                         "(stages x stages per worker of pipeline.schedule)")
     table, imbalance = stage_table(costs, balance)
     source = "pipeline.balance" if cfg.pipeline.balance else "measured forward+backward time"
     print_fn(f"stage balance ({source}, micro-batch {microbatch}):\n{table}")
@@ -71,11 +77,41 @@ def choose_balance(cfg: Config, run_dir: RunDir | None = None, print_fn=print) -
     return balance
 
 
+_MEASURED: dict[tuple, list[UnitCost]] = {}  # unit costs measured in this process (a sweep driver, a test session)
+
+
+def unit_costs(cfg: Config, model, microbatch: int) -> list[UnitCost]:
+    """The units' measured costs for this model, input, micro-batch, layout and precision: measured once per
+    process, so that a process starting many runs of one model does not time it again for each."""
+    key = (repr(cfg.model), tuple(cfg.data.input_size), microbatch, cfg.train.channels_last, cfg.train.precision,
+           torch.get_num_threads())
+    if key not in _MEASURED:
+        _MEASURED[key] = measure_unit_costs(model, tuple(cfg.data.input_size), microbatch,
+                                            channels_last=cfg.train.channels_last, precision=cfg.train.precision)
+    return _MEASURED[key]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete pipeline checkpoint folder under `run_dir/ray` (Ray Train's storage)."""
-    folders = RunDir(run_dir).stage_checkpoints.glob("*/checkpoint_*")
-    found = sorted((p for p in folders if p.is_dir() and (p / META).exists()), key=lambda p: read_meta(p)["step"])
-    return found[-1] if found else None
+    """The newest pipeline checkpoint folder under `run_dir/ray` (Ray Train's storage) that reads whole: a newer
+    one that a crash left truncated or damaged is skipped, with a warning, for the one before it (Ray Train
+    keeps two)."""
+    folders = [p for p in RunDir(run_dir).stage_checkpoints.glob("*/checkpoint_*") if p.is_dir()]
+    for folder in sorted(folders, key=_checkpoint_step, reverse=True):
+        try:
+            read_checkpoint(folder)
+        except (CheckpointError, MissingFileError, KeyError, TypeError) as err:
+            log.warning("skipping the damaged pipeline checkpoint %s (%s); trying the one before it", folder, err)
+            continue
+        return folder
+    return None
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder was written at; -1 when its meta.pt cannot say (it is then skipped)."""
+    try:
+        return int(read_meta(folder)["step"])
+    except (CheckpointError, MissingFileError, FileNotFoundError, KeyError, TypeError, ValueError):
+        return -1
 
 
 def resume_point(run_dir: str | Path, required: bool) -> Path | None:
@@ -98,12 +134,13 @@ def resume_point(run_dir: str | Path, required: bool) -> Path | None:
 
 
 def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None,
-                 tracking: TrackingTarget | None = None, probes: tuple = (),
-                 concurrent_runs: int = 1) -> dict[str, Any]:
-    """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...). `tracking`: the
-    MLflow run rank 0 streams into; `probes`: observers every worker runs (`pipelines.training.probes`)."""
+                 probes: tuple = (), concurrent_runs: int = 1) -> dict[str, Any]:
+    """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...). `probes`: observers
+    every worker runs (`pipelines.training.probes`). The workers never call MLflow: the caller mirrors the run
+    directory into it (`pipelines.tracking.hooks.start_tracking`)."""
     cfg = copy.deepcopy(cfg)
     cfg.data.pin_paths()  # the workers run in Ray's session folder
+    cfg.pipeline.pin_paths()
     run_dir = RunDir(Path(run_dir).absolute())
     run_dir.path.mkdir(parents=True, exist_ok=True)
     found = resume_point(run_dir.path, required=False) if resume else None
@@ -115,7 +152,7 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     plan = WorkerPlan(cfg=cfg, run_dir=run_dir.path, records=ray.put(records),
                       balance=tuple(choose_balance(cfg, run_dir)), total_steps=total_steps(cfg, len(records)),
                       steps_per_epoch=steps_per_epoch(len(records), cfg.train.batch_size), resume_from=found,
-                      tracking=tracking, probes=tuple(probes))
+                      probes=tuple(probes))
     workers = cfg.pipeline.stages * cfg.pipeline.data_parallel
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from pgnet.config import Config
-from pipelines.tracking.target import TrackingTarget
 
 PLAN_KEY = "plan"
 
@@ -24,7 +23,6 @@ class WorkerPlan:
     total_steps: int  # the run's planned length
     steps_per_epoch: int  # full batches per epoch
     resume_from: Path | None = None  # a stage-checkpoint folder to continue from (`pgnet train --resume`)
-    tracking: TrackingTarget | None = None  # None: no MLflow from the workers
     # Objects every worker runs beside its steps (`pipelines.training.probes.Probe`): what tests and
     # benchmarks observe, kept out of the loop itself.
     probes: tuple = field(default=())

@@ -39,8 +39,10 @@ from pipelines.training.data_feed import (
 from pipelines.training.plan import PLAN_KEY, WorkerPlan
 from pipelines.training.probes import StepView
 from pipelines.training.runner import PipelineRunner
+from pipelines.training.schedules import loss_worker
 from pipelines.training.shards import load_shards, write_shard_checkpoint
 from pipelines.training.topology import Topology, make_groups
+from pipelines.training.trace import StepTrace
 
 log = logging.getLogger("pgnet.worker")
 
@@ -54,19 +56,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_ray_train_reports()
     plan: WorkerPlan = config[PLAN_KEY]
     cfg = plan.cfg
-    topo = Topology(cfg.pipeline.stages, cfg.pipeline.data_parallel, ray.train.get_context().get_world_rank())
+    topo = Topology(cfg.pipeline.stages, cfg.pipeline.data_parallel, ray.train.get_context().get_world_rank(),
+                    loss_stage=loss_worker(cfg.pipeline.schedule, cfg.pipeline.stages, cfg.pipeline.virtual_stages))
     torch.set_num_threads(max(1, cfg.train.threads or int(cfg.ray.cpus_per_worker)))
     device = ray.train.torch.get_device()
     model = seeded_model(cfg)
     runner = PipelineRunner(cfg, topo, make_groups(topo), model, list(plan.balance), plan.total_steps, device)
     if topo.rank != 0:
         del model  # only the stage modules stay alive here
-    run = TrainingRun(cfg, plan.run_dir, writer=topo.rank == 0, hooks=_tracking_hooks(plan, topo))
+    run = TrainingRun(cfg, plan.run_dir, writer=topo.rank == 0)
     run.begin(_restore(plan, runner, topo))
     _announce(run, topo, device)
+    probes = plan.probes + ((StepTrace(runner, run.state.step, plan.run_dir, cfg.pipeline.schedule),)
+                            if cfg.pipeline.trace else ())
     records = ray.get(plan.records) if topo.first else []
     val_set = validation_dataset(cfg, progress=False) if topo.rank == 0 else None
-    for probe in plan.probes:
+    for probe in probes:
         probe.start(plan.run_dir, topo)
     runner.train()
     totals = FeedStats()  # images read and skipped since this attempt started
@@ -84,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             images, packed, ids = _exchange_batch(batch, topo, runner, cfg)
             with contextlib.ExitStack() as stack:
                 view = StepView(state.step + 1, topo, images, packed, ids)
-                for probe in plan.probes:
+                for probe in probes:
                     stack.enter_context(probe.around_step(view))
                 loss, terms, lr = runner.step(images, packed)
             now = time.perf_counter()
@@ -111,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         end = run.end_epoch(epoch, batches_done, plan.steps_per_epoch, rows)
         report = {"epoch": epoch, "step": state.step, "loss": float(np.mean(losses)) if losses else float("nan"),
                   **_feed_metrics(stats, totals, step_seconds, topo)}
-        for probe in plan.probes:
+        for probe in probes:
             report.update(probe.epoch_metrics(topo))
         if end.evaluate:
             report.update(_evaluate_on_rank0(run, runner, topo, model if topo.rank == 0 else None, val_set,
@@ -119,7 +124,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             ckpt = write_shard_checkpoint(Path(folder), runner, topo, cfg, state) if end.checkpoint else None
             ray.train.report(report if topo.rank == 0 else {}, checkpoint=ckpt)
-    for probe in plan.probes:
+    for probe in probes:
         probe.close()
 
 
@@ -183,14 +188,6 @@ def _announce(run: TrainingRun, topo: Topology, device: torch.device) -> None:
              info["pid"], info["node_ip"], device)
 
 
-def _tracking_hooks(plan: WorkerPlan, topo: Topology) -> list:
-    """Rank 0 streams step and evaluation metrics into the driver's MLflow run."""
-    if plan.tracking is None or topo.rank != 0:
-        return []
-    from pipelines.tracking.hooks import MlflowHooks
-    return [MlflowHooks.from_target(plan.tracking)]
-
-
 def _rows_before(state: RunState, topo: Topology, cfg: Config) -> int:
     """Rows of the cut epoch this replica read before the run was cut (0 when the epoch is new)."""
     if not state.epoch_batches_done:
@@ -219,23 +216,23 @@ def _all_have_batch(have: bool) -> bool:
 
 def _exchange_batch(batch: dict[str, np.ndarray] | None, topo: Topology, runner: PipelineRunner, cfg: Config
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(images on the first stage, packed targets on the last stage, image ids on both)."""
+    """(images on the first stage, packed targets on the stage that holds the loss, image ids on both)."""
     images = packed = ids = None
     per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
     if topo.first:
         images = torch.from_numpy(batch["image"])
         packed = runner.packer.pack({k: torch.from_numpy(batch[k]) for k, _, _ in runner.packer.layout})
         ids = torch.from_numpy(batch["image_id"]).to(torch.int64)
-        if not topo.last:
-            dist.send(packed.contiguous(), dst=topo.last_stage_rank)
-            dist.send(ids, dst=topo.last_stage_rank)
-    elif topo.last:
+        if not topo.holds_loss:
+            dist.send(packed.contiguous(), dst=topo.loss_rank)
+            dist.send(ids, dst=topo.loss_rank)
+    elif topo.holds_loss:
         packed = torch.empty(per_replica, runner.packer.width, dtype=torch.float32)
         ids = torch.empty(per_replica, dtype=torch.int64)
         first = topo.rank_of(topo.replica, 0)
         dist.recv(packed, src=first)
         dist.recv(ids, src=first)
-    return images, (packed if topo.last else None), ids
+    return images, (packed if topo.holds_loss else None), ids
 
 
 def _evaluate_on_rank0(run: TrainingRun, runner: PipelineRunner, topo: Topology, model, val_set, device,

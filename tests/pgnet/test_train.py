@@ -45,7 +45,7 @@ def test_run_dir_holds_config_logs_and_checkpoints(trained, make_config):
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [r["epoch"] for r in records] == [1] * STEPS_PER_EPOCH + [2] * STEPS_PER_EPOCH
-    expected_keys = {"step", "epoch", "loss", "lr", "images_per_s"} | {f"loss/{t}" for t in TERMS}
+    expected_keys = {"step", "epoch", "loss", "lr", "images_per_s", "time"} | {f"loss/{t}" for t in TERMS}
     for r in records:
         assert set(r) == expected_keys
         assert all(math.isfinite(r[k]) for k in expected_keys)

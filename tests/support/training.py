@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from pgnet.run.metrics_log import WALL_CLOCK_KEYS
+
 STEPS_PER_EPOCH = 4  # tiny_data's 16 images, batch 4
 TWO_EPOCHS = ("train.epochs=2",)
 
@@ -14,8 +16,8 @@ def losses(records: list[dict]) -> list[float]:
 
 
 def training_columns(records: list[dict]) -> list[dict]:
-    """Everything a step record says about training (images_per_s is a wall-clock measurement)."""
-    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+    """Everything a step record says about training (without its wall-clock measurements)."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in records]
 
 
 def load(path: Path) -> dict:

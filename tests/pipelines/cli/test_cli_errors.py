@@ -83,15 +83,18 @@ def test_predict_with_no_readable_image_is_a_user_error(capsys, tmp_path, cli_ru
                                 "pass image files (JPEG, PNG) that Pillow can open"]
 
 
-def test_failed_training_closes_the_mlflow_run_as_failed(capsys, tmp_path, monkeypatch, tiny_overrides):
+def test_failed_training_closes_the_mlflow_run_as_failed(capsys, tmp_path, monkeypatch, tiny_overrides,
+                                                         tiny_data_copy):
     from mlflow.tracking import MlflowClient
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    missing = tmp_path / "no_data"
+    for image in sorted((tiny_data_copy / "train2017").glob("*.jpg"))[:3]:  # 3 of 16 > data.max_bad_fraction
+        image.write_bytes(b"not an image")
     code, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--quiet", "--set", *tiny_overrides,
-                           f"data.root={missing}", "tracking.mlflow=true", "tracking.experiment=cli-fail")
-    assert code == 2 and "pgnet data synth" in err
+                           f"data.root={tiny_data_copy}", "data.max_bad_fraction=0.05", "tracking.mlflow=true",
+                           "tracking.experiment=cli-fail")
+    assert code == 2 and "could not be read" in err  # failed mid-epoch, after its MLflow run started
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cli-fail").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
