@@ -33,8 +33,7 @@ class BackgroundSender:
         return self.mirror.ledger.uri
 
     def start(self) -> "BackgroundSender":
-        self.attempt()  # at once: the run (and its data sets) appear in MLflow when training starts
-        self._thread.start()
+        self._thread.start()  # its first sync is at once: the run appears in MLflow as training starts
         return self
 
     def poke(self) -> None:
@@ -69,10 +68,9 @@ class BackgroundSender:
 
     def _loop(self) -> None:
         while not self._stop.is_set() and not self.gave_up:
+            self.attempt()
             self._wake.wait(self.interval_s)
             self._wake.clear()
-            if not self._stop.is_set():
-                self.attempt()
 
     def finish(self, status: str) -> bool:
         """Stop the thread, note the run's `status`, send the rest within the budget. True if all arrived."""
