@@ -149,18 +149,26 @@ def save_cost_table(table: CostTable, path: str | Path, source: dict[str, Any] |
     Path(path).write_text(json.dumps({"unit_costs": table_to_json(table), "source": source or {}}, indent=1) + "\n")
 
 
-def load_cost_table(path: str | Path) -> CostTable:
-    """The `"unit_costs"` of a JSON file: a saved cost table, or a benchmark record that carries one."""
+def read_json_record(path: str | Path, keys: Sequence[str], give: str) -> dict[str, Any]:
+    """A JSON object file with the top-level `keys`; a missing file, bad JSON or a missing key is a one-line
+    error that ends with what to `give` instead."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"cost table {path} not found; write one with `pgnet plan --save-costs FILE`")
+        raise MissingFileError(f"{path}: no such file; give {give}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not JSON ({err}); give a cost table written by pgnet plan --save-costs") from None
-    if not isinstance(data, dict) or "unit_costs" not in data:
-        raise ConfigError(f"{path} has no top-level \"unit_costs\" list; give a cost table written by "
-                          "pgnet plan --save-costs, or a benchmark record that carries one")
+        raise ConfigError(f"{path} is not JSON ({err}); give {give}") from None
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            raise ConfigError(f"{path} has no top-level \"{key}\"; give {give}")
+    return data
+
+
+def load_cost_table(path: str | Path) -> CostTable:
+    """The `"unit_costs"` of a JSON file: a saved cost table, or a benchmark record that carries one."""
+    data = read_json_record(path, ("unit_costs",), "a cost table written by `pgnet plan --save-costs FILE`, or a "
+                                                   "benchmark record that carries one")
     return table_from_json(data["unit_costs"], str(path))
 
 

@@ -8,15 +8,14 @@ cluster (`this-machine` by default) with those costs and compared.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgnet.errors import ConfigError, MissingFileError
+from pgnet.errors import ConfigError
 from pgnet.registry import PIPELINE_SCHEDULES
 from pipelines.planning.cluster import ClusterSpec
-from pipelines.planning.costs import table_from_json
+from pipelines.planning.costs import read_json_record, table_from_json
 from pipelines.planning.orders import Infeasible, schedule_order
 from pipelines.planning.plan import Plan
 from pipelines.planning.simulate import simulate_step
@@ -54,16 +53,8 @@ def _field(row: dict, key: str, kind: type, where: str, default: Any = None) -> 
 
 def validate_bench(path: str | Path, cluster: ClusterSpec) -> list[Comparison]:
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"--validate {path}: no such file; give a `pgnet bench pipeline --out` JSON record")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--validate {path} is not JSON ({err})") from None
-    for key in ("unit_costs", "settings", "results"):
-        if not isinstance(data, dict) or key not in data:
-            raise ConfigError(f"--validate {path} has no top-level \"{key}\"; give a `pgnet bench pipeline --out` "
-                              "record written with unit costs")
+    data = read_json_record(path, ("unit_costs", "settings", "results"),
+                            "to --validate a `pgnet bench pipeline --out` JSON record written with unit costs")
     costs = table_from_json(data["unit_costs"], str(path))
     settings = data["settings"]
     batch = _field(settings, "batch", int, f"{path}: settings")
