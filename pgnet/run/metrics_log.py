@@ -14,17 +14,19 @@ from typing import Any
 from pgnet.atomic import write_text_atomic
 
 
-WALL_CLOCK_KEYS = ("images_per_s", "time")  # what differs between two runs that train identically
+WALL_CLOCK_KEYS = ("images_per_s", "data/wait_s", "time")  # what differs between two runs that train identically
 
 
 def step_record(step: int, epoch: int, loss: float, terms: dict[str, float], lr: float,
-                images_per_s: float) -> dict[str, Any]:
-    """One training step: `step` counts optimiser updates from 1, `epoch` from 1; `time` is when it ended (Unix
-    seconds), which trackers show however late the record reaches them."""
+                images_per_s: float, extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """One training step: `step` counts optimiser updates from 1, `epoch` from 1; `extra`: more numbers of the step
+    (`data/wait_s`); `time` is when it ended (Unix seconds), which trackers show however late the record reaches
+    them."""
     record: dict[str, Any] = {"step": step, "epoch": epoch, "loss": float(loss)}
     record.update({f"loss/{name}": float(value) for name, value in terms.items()})
     record["lr"] = float(lr)
     record["images_per_s"] = round(float(images_per_s), 3)
+    record.update({key: round(float(value), 6) for key, value in (extra or {}).items()})
     record["time"] = wall_time()
     return record
 

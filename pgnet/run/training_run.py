@@ -77,10 +77,10 @@ class TrainingRun:
         self.budget.add(seen, bad)
 
     def step_done(self, epoch: int, loss: float, terms: dict[str, float], lr: float,
-                  images_per_s: float) -> dict[str, Any]:
+                  images_per_s: float, extra: dict[str, float] | None = None) -> dict[str, Any]:
         """One optimiser step more: its record goes to `metrics.jsonl` and the hooks."""
         self.state.step += 1
-        record = step_record(self.state.step, epoch, loss, terms, lr, images_per_s)
+        record = step_record(self.state.step, epoch, loss, terms, lr, images_per_s, extra)
         if self.writer:
             self.metrics_log.append(record)
         self._call("on_step", record)

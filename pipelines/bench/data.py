@@ -36,6 +36,7 @@ from pgnet.errors import ConfigError
 from pgnet.run.build import training_datasets
 from pipelines.training.data_feed import (
     FeedStats,
+    dataset_blocks,
     epoch_dataset,
     full_batches,
     replica_rows,
@@ -103,7 +104,7 @@ def ray_data_epoch(dataset: CocoKeypoints, cfg: Config, epoch: int) -> EpochTimi
     rows = replica_rows(dataset.records, cfg, epoch, 0)
     ids: list[int] = []
     first = None
-    for batch in full_batches(epoch_dataset(rows, cfg, epoch), cfg.train.batch_size, FeedStats()):
+    for batch in full_batches(dataset_blocks(epoch_dataset(rows, cfg, epoch)), cfg.train.batch_size, FeedStats()):
         if first is None:
             first = time.perf_counter() - start
         ids.extend(batch["image_id"].tolist())

@@ -1,10 +1,20 @@
-"""`pgnet bench pipeline`: pipeline-parallel throughput against one worker, measured in one run.
+"""`pgnet bench pipeline`: pipeline-parallel step time against one worker, measured so that it holds on a
+noisy machine.
 
-For S = 1 and S = 2, every schedule and M in {2, 4, 8}: images/s at steady
-state, the speed-up over S = 1 with the same micro-batches (the median of the
-S = 1 runs of every schedule, robust to one disturbed run), the ideal
-S * M / (M + S - 1) (perfect split, only the pipeline bubble lost), the ratio
-measured/ideal, the data-wait fraction and each stage's peak saved activations.
+- Every configuration (S, schedule, V) trains the same network on the same batches, encoded once by the
+  driver and cycled by the first stage (`train_on_ray(preencoded_batches=...)`): no Ray Data, so the
+  step time is the pipeline's alone.
+- Configurations run in rounds, `repeats` of them. Each round runs S=1 first, then the others in an order
+  rotated by one per round, so that S=1 and S>1 alternate and every configuration samples the run's drift
+  alike.
+- A run's step time is the median of its timed steps (after the warm-up steps); a configuration's, the median
+  of its runs, with the spread (max - min) / median.
+- Speed-up: the S=1 median over the configuration's median. Bubble bound: S x M / (M + S - 1), 1F1B's with a
+  perfect cut and free communication.
+- One more run (S=2, 1F1B) reads Ray Data, to report the data wait apart.
+- The unit costs are measured in the same run (one thread, the bench's micro-batch), every configuration is
+  cut by them, and the planner's simulator predicts each one (`pgnet plan --validate` reads the record),
+  with this machine's concurrent speed measured in the same run too (`contention.py`).
 """
 from __future__ import annotations
 
@@ -12,99 +22,163 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pgnet.config import load_config
+from pgnet.config import Config, load_config
+from pgnet.errors import ConfigError
+from pgnet.registry import PIPELINE_SCHEDULES
 from pgnet.run.layout import RunDir
 from pgnet.run.metrics_log import read_jsonl
-from pipelines.bench.memory import ActivationMemoryProbe
+from pipelines.bench.contention import concurrent_speed
+from pipelines.bench.pipeline_report import print_report
+from pipelines.planning.costs import CostTable, table_to_json
+from pipelines.planning.measure import measure_cost_table
+from pipelines.training.balance import partition
 from pipelines.training.launch import train_on_ray
 from pipelines.training.ray_runtime import ensure_ray
+from pipelines.training.schedules import virtual_stages
 
-WARMUP_STEPS = 2  # the first steps include shape inference and Ray Data start-up
+WARMUP_STEPS = 2  # the first steps include shape inference, oneDNN's first kernels and the workers' start
+PREENCODED = 4  # distinct batches the first stage cycles (the synthetic set holds one per step)
 
 
-@dataclass
-class PipelineTiming:
+@dataclass(frozen=True)
+class Variant:
+    """One measured configuration."""
     stages: int
     schedule: str
-    microbatches: int
-    images_per_s: float
-    wait_fraction: float
-    peak_mb: list[float]
+    virtual_stages: int = 1
+
+    @property
+    def label(self) -> str:
+        v = f" V={self.virtual_stages}" if self.virtual_stages > 1 else ""
+        return f"S={self.stages} {self.schedule}{v}"
 
 
-def bench_overrides(input_size: int, batch: int, steps: int) -> list[str]:
-    return [
-        "model.backbone=resnet18", "model.norm=gn", f"data.input_size=[{input_size}, {input_size}]",
-        f"data.synthetic.train_images={batch * (steps + 1)}", "data.synthetic.val_images=4",
-        f"train.batch_size={batch}", "train.epochs=1", f"train.max_steps={steps}", "train.threads=1",
-        "train.log_every=1000", "eval.max_images=4", "tracking.mlflow=false", "optim.warmup_steps=0",
-    ]
+def parse_variant(text: str) -> Variant:
+    """`S:SCHEDULE[:V]` (`2:zbv:2`); a ConfigError that shows the form otherwise."""
+    stages, _, rest = text.partition(":")
+    name, _, virtual = rest.rpartition(":")
+    if not virtual.isdigit():  # no V given (a `csv:PATH` schedule keeps its colon)
+        name, virtual = rest, "1"
+    if not stages.isdigit() or not name:
+        raise ConfigError(f"--variants {text!r}: write STAGES:SCHEDULE or STAGES:SCHEDULE:VIRTUAL_STAGES, "
+                          "e.g. 2:1f1b or 2:interleaved_zb:2")
+    variant = Variant(int(stages), name, int(virtual))
+    if variant.stages < 1:
+        raise ConfigError(f"--variants {text!r}: stages must be at least 1")
+    PIPELINE_SCHEDULES.get(variant.schedule)  # an unknown name: a ConfigError listing the known ones
+    return variant
 
 
-def measure(stages: int, schedule: str, microbatches: int, overrides: list[str], root: Path) -> PipelineTiming:
-    cfg = load_config(None, [*overrides, f"pipeline.stages={stages}", f"pipeline.schedule={schedule}",
-                             f"pipeline.microbatches={microbatches}"])
-    run_dir = root / f"s{stages}-{schedule}-m{microbatches}"
-    summary = train_on_ray(cfg, run_dir, probes=(ActivationMemoryProbe(),))
+BASELINE = Variant(1, "1f1b")
+# 1F1B, the interleaved and the zero-bubble schedules at S=2; 1F1B and the zero-bubble ones again at S=3
+# (three one-thread workers on this 2-core machine share two cores: compare them with each other).
+DEFAULT_VARIANTS = (BASELINE, Variant(2, "1f1b"), Variant(2, "interleaved_1f1b", 2), Variant(2, "interleaved_zb", 2),
+                    Variant(2, "zbv", 2), Variant(2, "dualpipev", 2), Variant(3, "1f1b"),
+                    Variant(3, "interleaved_zb", 2), Variant(3, "zbv", 2))
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    input_size: int = 128
+    batch: int = 32
+    microbatches: int = 8
+    steps: int = 7  # per run, WARMUP_STEPS of them untimed
+    repeats: int = 3
+    threads: int = 1  # torch threads per worker
+
+    def overrides(self) -> list[str]:
+        return ["model.backbone=resnet18", "model.norm=gn", f"data.input_size=[{self.input_size}, {self.input_size}]",
+                f"data.synthetic.train_images={self.batch * self.steps}", "data.synthetic.val_images=4",
+                f"train.batch_size={self.batch}", "train.epochs=1", f"train.max_steps={self.steps}",
+                f"train.threads={self.threads}", "train.log_every=1000", "eval.max_images=4",
+                "tracking.mlflow=false", "optim.warmup_steps=0", f"pipeline.microbatches={self.microbatches}"]
+
+
+def variant_balance(variant: Variant, costs: CostTable) -> list[int]:
+    """The cut of every run of `variant`: by the bench's own cost table (what the simulator is given too)."""
+    return partition([u.seconds for u in costs.units],
+                     variant.stages * virtual_stages(variant.schedule, variant.virtual_stages))
+
+
+def variant_config(settings: BenchSettings, variant: Variant, costs: CostTable) -> Config:
+    return load_config(None, [*settings.overrides(), f"pipeline.stages={variant.stages}",
+                              f"pipeline.schedule={variant.schedule}",
+                              f"pipeline.virtual_stages={variant.virtual_stages}",
+                              "pipeline.balance=[" + ",".join(map(str, variant_balance(variant, costs))) + "]"])
+
+
+def timed_run(cfg: Config, run_dir: Path, preencoded: bool) -> dict[str, Any]:
+    """One training run: the median seconds of its timed steps, the median fraction of them spent waiting for the
+    batch, and the epoch's wait fraction (start-up included)."""
+    summary = train_on_ray(cfg, run_dir, preencoded_batches=min(PREENCODED, cfg.train.max_steps) if preencoded else 0)
     records = read_jsonl(RunDir(run_dir).metrics)[WARMUP_STEPS:]
-    seconds = sum(cfg.train.batch_size / r["images_per_s"] for r in records)
-    return PipelineTiming(stages, schedule, microbatches, len(records) * cfg.train.batch_size / seconds,
-                          summary.get("data/wait_fraction", float("nan")),
-                          [summary.get(f"memory/peak_activation_mb/stage{s}", float("nan")) for s in range(stages)])
+    if not records:
+        raise ValueError(f"{run_dir}: no step after the {WARMUP_STEPS} warm-up steps; raise --steps")
+    seconds = [cfg.train.batch_size / r["images_per_s"] for r in records]
+    return {"step_s": statistics.median(seconds), "steps_s": seconds,
+            "wait_fraction": statistics.median(r["data/wait_s"] / s for r, s in zip(records, seconds)),
+            "epoch_wait_fraction": summary.get("data/wait_fraction", float("nan"))}
 
 
-def run_pipeline_benchmark(input_size: int = 128, batch: int = 32, steps: int = 8,
-                           schedules: tuple[str, ...] = ("gpipe", "1f1b", "interleaved_1f1b"),
-                           microbatches: tuple[int, ...] = (2, 4, 8), print_fn=print) -> list[dict]:
-    overrides = bench_overrides(input_size, batch, steps)
-    ensure_ray(load_config(None, [*overrides, "pipeline.stages=2"]))
+def run_order(variants: tuple[Variant, ...], round_index: int) -> list[Variant]:
+    """S=1 first, then the others rotated by `round_index`."""
+    others = [v for v in variants if v != BASELINE]
+    shift = round_index % len(others) if others else 0
+    return [BASELINE, *others[shift:], *others[:shift]]
+
+
+def run_pipeline_benchmark(settings: BenchSettings = BenchSettings(), variants: tuple[Variant, ...] = DEFAULT_VARIANTS,
+                           print_fn=print) -> dict[str, Any]:
+    if BASELINE not in variants:
+        variants = (BASELINE, *variants)
+    base_cfg = load_config(None, settings.overrides())
+    ensure_ray(load_config(None, [*settings.overrides(), f"pipeline.stages={max(v.stages for v in variants)}"]))
+    microbatch = settings.batch // settings.microbatches
+    print_fn(f"measuring the unit costs (micro-batch {microbatch}, {settings.threads} thread)")
+    costs = measure_cost_table(base_cfg, microbatch, progress=False)
+    contention = concurrent_speed(base_cfg, microbatch)
+    print_fn(f"one worker's step alone {contention['solo_s']:.3f} s, beside another {contention['concurrent_s']:.3f} s: "
+             f"concurrent speed {contention['speed']:.2f}")
+    runs: dict[Variant, list[dict[str, Any]]] = {v: [] for v in variants}
+    total = settings.repeats * len(variants)
     with tempfile.TemporaryDirectory() as tmp:
-        timings = [measure(stages, schedule, m, overrides, Path(tmp))
-                   for schedule in schedules for m in microbatches for stages in (1, 2)]
-    rows, baselines = speedup_rows(timings)
-    print_fn(f"PGNet resnet18, input {input_size}x{input_size}, batch {batch}, one thread per worker, "
-             f"{steps - WARMUP_STEPS} timed steps after {WARMUP_STEPS} warm-up steps")
-    print_fn("S=1 baseline per M: the median of the S=1 runs of every schedule (one worker computes the same "
-             "whatever the schedule); " + "; ".join(f"M={m}: {b['median']:.2f} images/s (runs {b['low']:.2f}-"
-                                                  f"{b['high']:.2f})" for m, b in baselines.items()))
-    print_fn(f"{'S':>2} {'schedule':<17} {'M':>2} {'images/s':>9} {'vs S=1':>7} {'ideal':>6} {'of ideal':>8} "
-             f"{'data wait':>9}  peak activations per stage (MB)")
-    for r in rows:
-        peaks = " ".join(f"{p:7.1f}" for p in r["peak_mb"])
-        print_fn(f"{r['stages']:>2} {r['schedule']:<17} {r['microbatches']:>2} {r['images_per_s']:>9.2f} "
-                 f"{r['speedup']:>6.2f}x {r['ideal']:>5.2f}x {r['of_ideal']:>8.2f} {r['wait']:>9.1%}  {peaks}")
-    _print_verdicts(rows, print_fn)
-    return rows
+        for r in range(settings.repeats):
+            for variant in run_order(variants, r):
+                n = sum(map(len, runs.values())) + 1
+                run = timed_run(variant_config(settings, variant, costs), Path(tmp) / f"{n:03d}", preencoded=True)
+                runs[variant].append(run)
+                print_fn(f"[{n}/{total}] round {r + 1}: {variant.label}: {run['step_s']:.3f} s/step "
+                         f"(data wait {run['wait_fraction']:.1%})")
+        fed = Variant(2, "1f1b")
+        ray_data = timed_run(variant_config(settings, fed, costs), Path(tmp) / "ray-data", preencoded=False)
+    rows = result_rows(settings, runs, costs)
+    feed = {"variant": fed.label, "step_s": ray_data["step_s"], "wait_fraction": ray_data["wait_fraction"],
+            "epoch_wait_fraction": ray_data["epoch_wait_fraction"],
+            "preencoded_step_s": next((r["step_s"] for r in rows if r["label"] == fed.label), None)}
+    record = {"settings": {**settings.__dict__, "warmup_steps": WARMUP_STEPS, "concurrent_speed": contention["speed"]},
+              "contention": contention, "unit_costs": table_to_json(costs),
+              "results": rows, "ray_data_feed": feed}
+    record["validation"] = print_report(record, print_fn)
+    return record
 
 
-def speedup_rows(timings: list[PipelineTiming]) -> tuple[list[dict], dict[int, dict[str, float]]]:
-    """Each run against one worker with the same micro-batches. The baseline per M is the median of the
-    S=1 runs of all schedules, so that one disturbed run does not skew every ratio of its M."""
-    single: dict[int, list[float]] = {}
-    for t in timings:
-        if t.stages == 1:
-            single.setdefault(t.microbatches, []).append(t.images_per_s)
-    baselines = {m: {"median": statistics.median(v), "low": min(v), "high": max(v)} for m, v in single.items()}
+def result_rows(settings: BenchSettings, runs: dict[Variant, list[dict[str, Any]]], costs: CostTable
+                ) -> list[dict[str, Any]]:
+    base = statistics.median(run["step_s"] for run in runs[BASELINE])
+    M = settings.microbatches
     rows = []
-    for t in timings:
-        if t.microbatches not in baselines:
-            raise ValueError(f"no S=1 run with {t.microbatches} micro-batches to compare with")
-        speedup = t.images_per_s / baselines[t.microbatches]["median"]
-        ideal = t.stages * t.microbatches / (t.microbatches + t.stages - 1)
-        rows.append({"stages": t.stages, "schedule": t.schedule, "microbatches": t.microbatches,
-                     "images_per_s": t.images_per_s, "speedup": speedup, "ideal": ideal,
-                     "of_ideal": speedup / ideal, "wait": t.wait_fraction, "peak_mb": t.peak_mb})
-    return rows, baselines
-
-
-def _print_verdicts(rows: list[dict], print_fn) -> None:
-    pick = {(r["stages"], r["schedule"], r["microbatches"]): r for r in rows}
-    best = pick.get((2, "1f1b", 8))
-    if best:
-        print_fn(f"S=2 1F1B M=8: {best['speedup']:.2f}x one worker (target >= 1.5x), "
-                 f"{best['of_ideal']:.2f} of the bubble bound (target >= 0.85)")
-    gpipe, one_f = pick.get((2, "gpipe", 8)), pick.get((2, "1f1b", 8))
-    if gpipe and one_f:
-        print_fn(f"peak activations at S=2, M=8, stage 0: 1F1B {one_f['peak_mb'][0]:.1f} MB vs GPipe "
-                 f"{gpipe['peak_mb'][0]:.1f} MB (1F1B keeps at most S micro-batches in flight)")
+    for variant, measured in runs.items():
+        times = [run["step_s"] for run in measured]
+        step = statistics.median(times)
+        S = variant.stages
+        bound = S * M / (M + S - 1)
+        rows.append({"label": variant.label, "stages": S, "schedule": variant.schedule,
+                     "virtual_stages": virtual_stages(variant.schedule, variant.virtual_stages), "microbatches": M,
+                     "balance": variant_balance(variant, costs),
+                     "step_s": step, "step_s_spread": (max(times) - min(times)) / step, "runs_step_s": times,
+                     "images_per_s": settings.batch / step, "speedup": base / step, "bubble_bound": bound,
+                     "of_bound": base / step / bound,
+                     "wait_fraction": statistics.median(run["wait_fraction"] for run in measured)})
+    return rows

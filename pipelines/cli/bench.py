@@ -32,11 +32,16 @@ def add_parsers(sub) -> None:
     b.add_argument("--threads", type=int, default=2)
     b.set_defaults(func=cmd_bench_small_maps)
 
-    b = bench_sub.add_parser("pipeline", help="pipeline throughput: S=1 vs S=2, each schedule, M in 2/4/8")
+    b = bench_sub.add_parser("pipeline", help="pipeline step time: S=1 against S=2 and S=3 with each schedule, "
+                                              "interleaved rounds, and the planner's prediction of each")
     b.add_argument("--input-size", type=int, default=128)
     b.add_argument("--batch", type=int, default=32)
-    b.add_argument("--steps", type=int, default=8, help="steps per configuration (the first 2 are warm-up)")
-    b.add_argument("--microbatches", type=int, nargs="+", default=[2, 4, 8])
+    b.add_argument("--microbatches", type=int, default=8)
+    b.add_argument("--steps", type=int, default=7, help="steps per run (the first 2 are warm-up)")
+    b.add_argument("--repeats", type=int, default=3, help="runs per configuration, one per round")
+    b.add_argument("--variants", nargs="+", default=None, metavar="S:SCHEDULE[:V]",
+                   help="configurations to measure beside S=1 (default: 1F1B, interleaved and zero-bubble "
+                        "schedules at S=2 and S=3), e.g. 2:1f1b 2:zbv:2")
     b.set_defaults(func=cmd_bench_pipeline)
 
     b = bench_sub.add_parser("data", help="Ray Data vs DataLoader preprocessing, and Ray Tune's overhead")
@@ -81,10 +86,11 @@ def cmd_bench_small_maps(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    from pipelines.bench.pipeline import run_pipeline_benchmark
-    return _run(args, "pipeline", lambda print_fn: run_pipeline_benchmark(
-        input_size=args.input_size, batch=args.batch, steps=args.steps,
-        microbatches=tuple(args.microbatches), print_fn=print_fn))
+    from pipelines.bench.pipeline import DEFAULT_VARIANTS, BenchSettings, parse_variant, run_pipeline_benchmark
+    settings = BenchSettings(input_size=args.input_size, batch=args.batch, microbatches=args.microbatches,
+                             steps=args.steps, repeats=args.repeats)
+    variants = tuple(parse_variant(v) for v in args.variants) if args.variants else DEFAULT_VARIANTS
+    return _run(args, "pipeline", lambda print_fn: run_pipeline_benchmark(settings, variants, print_fn=print_fn))
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:

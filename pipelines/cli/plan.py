@@ -122,6 +122,9 @@ def _describe(costs, device_costs, size, cluster, batch: int) -> str:
            f"{device.flops / 1e12:g} TFLOP/s x {device.utilization:g} utilisation, time shared by {device.shares}")
     lines.append(f"cluster {cluster.name}: {cluster.nodes} node(s) x {cluster.devices_per_node} devices, {how}: "
                  f"{on_device * 1e3:.2f} ms of compute per image; batch {batch}")
+    if cluster.cores_per_node:
+        lines.append(f"  the devices of a node share its {cluster.cores_per_node} cores; a compute beside another runs "
+                     f"at {device.concurrent_speed:g} of its speed alone")
     return "\n".join(lines)
 
 

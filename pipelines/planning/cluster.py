@@ -49,6 +49,9 @@ class DeviceSpec:
     # and weight-gradient FLOPs / (flops x utilization); profile: the whole network's FLOPs / (flops x
     # utilization), shared as the profiled times are
     shares: Literal["flops", "profile"] = "flops"
+    # each compute's speed while other devices of its node compute too, relative to computing alone (CPU
+    # cores share caches and memory bandwidth); 1.0: independent devices, as GPUs are
+    concurrent_speed: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class ClusterSpec:
     intra_node: LinkSpec  # between devices of one node
     inter_node: LinkSpec | None = None  # between nodes (required when nodes > 1)
     name: str = ""  # default: the file's name
+    # CPU cores that a node's devices (worker processes) share; 0: each device computes on its own (GPUs).
+    # More devices computing at once than cores: they share the cores equally (`simulate._run_shared`)
+    cores_per_node: int = 0
 
     @property
     def devices(self) -> int:
@@ -71,6 +77,12 @@ class ClusterSpec:
     def node_of(self, world_rank: int) -> int:
         """Ranks fill nodes in order (Ray Train's placement of world ranks on a packed placement group)."""
         return world_rank // self.devices_per_node
+
+    def replica_cores(self, stages: int, replicas: int) -> float:
+        """The cores one pipeline replica's ranks share, its node's cores split evenly between the replicas
+        placed there (a replica spanning nodes: as if on one)."""
+        replicas_per_node = max(1.0, min(stages * replicas, self.devices_per_node) / stages)
+        return self.cores_per_node / replicas_per_node
 
     def link(self, ranks: list[int]) -> LinkSpec:
         """The slowest link among `ranks`: the inter-node one as soon as they span two nodes."""
@@ -93,7 +105,9 @@ class ClusterSpec:
         return CostTable(tuple(dataclasses.replace(
             u, forward_s=u.forward_flops / rate, backward_input_s=_input_flops(u) / rate,
             backward_weight_s=(u.backward_flops - _input_flops(u)) / rate, forward_fixed_s=0.0,
-            backward_input_fixed_s=0.0, backward_weight_fixed_s=0.0) for u in costs.units))
+            backward_input_fixed_s=0.0, backward_weight_fixed_s=0.0,
+            optimizer_s=0.0,  # an update on an accelerator: ~1 ms a step, not modelled
+            split_input_s=0.0, split_weight_s=0.0) for u in costs.units))  # the FLOPs split of the backward
 
 
 def _input_flops(u) -> float:
@@ -137,6 +151,10 @@ def check_cluster(c: ClusterSpec, source: str) -> ClusterSpec:
         raise bad("device.utilization", "must be in (0, 1]", d.utilization)
     if not 0 <= d.reserved_gib < d.memory_gib:
         raise bad("device.reserved_gib", "must be >= 0 and below device.memory_gib", d.reserved_gib)
+    if not 0 < d.concurrent_speed <= 1:
+        raise bad("device.concurrent_speed", "must be in (0, 1]", d.concurrent_speed)
+    if c.cores_per_node < 0:
+        raise bad("cores_per_node", "must be >= 0 (0: devices do not share cores)", c.cores_per_node)
     if d.overhead_per_unit_us < 0:
         raise bad("device.overhead_per_unit_us", "must be >= 0", d.overhead_per_unit_us)
     if c.nodes > 1 and c.inter_node is None:

@@ -40,6 +40,11 @@ class UnitCost:
     backward_weight_fixed_s: float = 0.0
     sync_norms: int = 0  # synchronised norm layers (model.norm=syncbn): one all-reduce each per forward and backward
     sync_norm_bytes: int = 0  # the bytes those forward all-reduces carry together (per-channel sums)
+    optimizer_s: float = 0.0  # one optimiser update of the unit's parameters (once per step, whatever the batch)
+    # the input- and weight-gradient passes as the zero-bubble schedules run them (torch's split backward, dearer
+    # than one fused backward on a CPU); 0: backward_input_s and backward_weight_s
+    split_input_s: float = 0.0
+    split_weight_s: float = 0.0
 
     @property
     def backward_s(self) -> float:
@@ -62,7 +67,9 @@ class UnitCost:
             backward_input_s=grow(self.backward_input_s, self.backward_input_fixed_s),
             backward_weight_s=grow(self.backward_weight_s, self.backward_weight_fixed_s),
             forward_fixed_s=self.forward_fixed_s * time, backward_input_fixed_s=self.backward_input_fixed_s * time,
-            backward_weight_fixed_s=self.backward_weight_fixed_s * time, send_bytes=round(self.send_bytes * work),
+            backward_weight_fixed_s=self.backward_weight_fixed_s * time, optimizer_s=self.optimizer_s * time,
+            split_input_s=self.split_input_s * work * time, split_weight_s=self.split_weight_s * work * time,
+            send_bytes=round(self.send_bytes * work),
             saved_bytes=round(self.saved_bytes * work), forward_flops=self.forward_flops * work,
             backward_flops=self.backward_flops * work, backward_input_flops=self.backward_input_flops * work)
 
@@ -150,8 +157,8 @@ def save_cost_table(table: CostTable, path: str | Path, source: dict[str, Any] |
 
 
 def read_json_record(path: str | Path, keys: Sequence[str], give: str) -> dict[str, Any]:
-    """A JSON object file with the top-level `keys`; a missing file, bad JSON or a missing key is a one-line
-    error that ends with what to `give` instead."""
+    """A JSON object file with the top-level `keys` (in a `pgnet bench --out` record: its `"results"` object's
+    keys); a missing file, bad JSON or a missing key is a one-line error that ends with what to `give` instead."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file; give {give}")
@@ -159,6 +166,8 @@ def read_json_record(path: str | Path, keys: Sequence[str], give: str) -> dict[s
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not JSON ({err}); give {give}") from None
+    if isinstance(data, dict) and "benchmark" in data and isinstance(data.get("results"), dict):
+        data = data["results"]  # a `pgnet bench ... --out` record: what the benchmark returned
     for key in keys:
         if not isinstance(data, dict) or key not in data:
             raise ConfigError(f"{path} has no top-level \"{key}\"; give {give}")

@@ -1,5 +1,7 @@
 """Measure a cost table on this machine: per unit of `PGNet.units()`, forward, input-gradient and weight-gradient
-seconds, bytes sent and saved, parameters, FLOPs and synchronised norm layers.
+seconds, the optimiser's update, bytes sent and saved, parameters, FLOPs and synchronised norm layers; the
+last unit's times include the loss (the stage that holds that unit runs it), and the zero-bubble schedules'
+split backward is timed on the whole network (`_split_ratios`).
 
 Computed as the stages will (`train.channels_last`, `train.precision`, `train.threads`), like
 `pipelines.training.balance.measure_unit_costs`, with the backward split in two:
@@ -15,6 +17,7 @@ activations not counted), of the forward, the input-gradient pass and the full b
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Iterator
@@ -22,9 +25,14 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+# what torch's zero-bubble schedules run for a stage's I and W actions (`PipelineStage.backward_maybe_with_nosync`)
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 from torch.utils.flop_counter import FlopCounterMode
 
+from pgnet.codec.targets import empty_targets, output_size
 from pgnet.config import Config
+from pgnet.losses import PGNetLoss
+from pgnet.optim import build_optimizer
 from pgnet.progress import progress_bar
 from pgnet.run.build import seeded_model
 from pgnet.runtime import autocast, set_memory_format
@@ -82,8 +90,92 @@ def measure_cost_table(cfg: Config, microbatch: int, input_size: tuple[int, int]
                 for key, t2 in zip(("forward", "backward_input", "backward_weight"), twice):
                     t1 = row[f"{key}_s"]
                     row[f"{key}_fixed_s"] = min(max(2 * t1 - t2, 0.0), t1)
+            row["optimizer_s"] = _optimizer_seconds(cfg, unit.module, repeats)
             rows.append(UnitCost(microbatch=microbatch, input_size=size, **row))
+        loss_f, loss_b = _loss_times(cfg, model.output_names, bus, repeats)
+        split_input, split_weight = _split_ratios(model.units(), microbatch, size, cfg.train.precision, repeats)
+    rows = [dataclasses.replace(r, split_input_s=split_input * r.backward_s, split_weight_s=split_weight * r.backward_s)
+            for r in rows]
+    last = rows[-1]
+    rows[-1] = dataclasses.replace(last, forward_s=last.forward_s + loss_f,
+                                   backward_input_s=last.backward_input_s + loss_b,
+                                   split_input_s=last.split_input_s + loss_b)
     return CostTable(tuple(rows))
+
+
+def _split_ratios(units: list, microbatch: int, size: tuple[int, int], precision: str, repeats: int
+                  ) -> tuple[float, float]:
+    """(input-gradient, weight-gradient) seconds of torch's split backward (`stage_backward_input`, then
+    `stage_backward_weight`: what the zero-bubble schedules run), each over one fused backward's, on every unit
+    after the first as one stage: the split needs a stage's whole graph, and each unit's rows take these shares
+    of their own backward."""
+    with torch.no_grad(), autocast(precision, torch.device("cpu")):
+        bus = tuple(t.float() for t in units[0](torch.randn(microbatch, 3, *size)))
+    params = [p for u in units[1:] for p in u.module.parameters()]
+
+    def forward() -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in bus]
+        out = inputs
+        with autocast(precision, torch.device("cpu")):
+            for unit in units[1:]:
+                out = unit(*out)
+        # copies: torch detaches the outputs in place, and a unit may pass an input through
+        outs = [o.clone() for o in out if o.requires_grad]
+        return inputs, outs, [torch.ones_like(o) for o in outs]
+
+    fused, split_input, split_weight = [], [], []
+    for _ in range(repeats + 1):
+        _, outs, grads = forward()
+        start = time.perf_counter()
+        torch.autograd.backward(outs, grads)
+        fused.append(time.perf_counter() - start)
+        inputs, outs, grads = forward()
+        start = time.perf_counter()
+        _, groups = stage_backward_input(outs, grads, inputs, iter(params))
+        split_input.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        stage_backward_weight(iter(params), groups)
+        split_weight.append(time.perf_counter() - start)
+        for p in params:
+            p.grad = None
+    full = statistics.median(fused[1:])
+    return statistics.median(split_input[1:]) / full, statistics.median(split_weight[1:]) / full
+
+
+def _loss_times(cfg: Config, names: list[str], outputs: tuple[torch.Tensor, ...], repeats: int) -> tuple[float, float]:
+    """Forward and backward seconds of the loss on the heads' outputs, which the stage that holds the last unit
+    runs: the planner counts them in that unit. Targets without people: the dense terms are timed, the
+    per-person terms (a few boxes and key points each) are not."""
+    criterion = PGNetLoss(cfg.loss, guidance=cfg.model.guidance)
+    b = outputs[0].shape[0]
+    targets = {k: torch.from_numpy(v).expand(b, *v.shape).clone()
+               for k, v in empty_targets(*output_size(tuple(cfg.data.input_size)), cfg.data.max_people).items()}
+    forward, backward = [], []
+    for _ in range(repeats + 1):
+        heads = {name: t.detach().float().requires_grad_() for name, t in zip(names, outputs)}
+        start = time.perf_counter()
+        loss, _ = criterion(heads, targets)
+        forward.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        loss.backward()
+        backward.append(time.perf_counter() - start)
+    return statistics.median(forward[1:]), statistics.median(backward[1:])
+
+
+def _optimizer_seconds(cfg: Config, module: nn.Module, repeats: int) -> float:
+    """One `optim` update of the unit's parameters (gradients of ones), on copies: the model stays as it was."""
+    params = [(name, nn.Parameter(p.detach().clone())) for name, p in module.named_parameters()]
+    if not params:
+        return 0.0
+    for _, p in params:
+        p.grad = torch.ones_like(p)
+    optimizer = build_optimizer(cfg.optim, params)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def _inputs(bus: tuple[torch.Tensor, ...], first: bool) -> tuple[torch.Tensor, ...]:

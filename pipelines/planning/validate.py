@@ -3,11 +3,14 @@
 A `pgnet bench pipeline --out` record carries `"unit_costs"` (the cost table), `"settings"` (`input_size`,
 `batch`, `threads`) and `"results"` rows with `stages`, `schedule`, `microbatches`, `virtual_stages`
 (absent: 1), optionally `data_parallel` (absent: 1) and `balance` (absent: the cut `partition` makes),
-and the measured `step_s` (median seconds per step) and `step_s_spread`. Each row is simulated on the
-cluster (`this-machine` by default) with those costs and compared.
+and the measured `step_s` (median seconds per step) and `step_s_spread` ((max - min) / median
+of the runs). Each row is simulated on the
+cluster (`this-machine` by default) with those costs and compared; a `settings.concurrent_speed` measured
+by the bench replaces the cluster's `device.concurrent_speed`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ TOLERANCE = 0.15
 class Comparison:
     plan: Plan
     measured_s: float
-    spread_s: float | None
+    spread: float | None  # (max - min) / median of the measured runs
     predicted_s: float | None  # None: the simulator refused the row (`reason`)
     reason: str = ""
 
@@ -55,46 +58,60 @@ def validate_bench(path: str | Path, cluster: ClusterSpec) -> list[Comparison]:
     path = Path(path)
     data = read_json_record(path, ("unit_costs", "settings", "results"),
                             "to --validate a `pgnet bench pipeline --out` JSON record written with unit costs")
-    costs = table_from_json(data["unit_costs"], str(path))
+    return compare_record(data, cluster, str(path))
+
+
+def compare_record(data: dict[str, Any], cluster: ClusterSpec, where: str = "the bench record") -> list[Comparison]:
+    """Every measured row of a bench record (`unit_costs`, `settings`, `results`) against the simulator."""
+    costs = table_from_json(data["unit_costs"], where)
     settings = data["settings"]
-    batch = _field(settings, "batch", int, f"{path}: settings")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: \"settings\" must be an object")
+    batch = _field(settings, "batch", int, f"{where}: settings")
     size = settings.get("input_size")
     size = [size, size] if isinstance(size, int) else size
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise ConfigError(f"{path}: settings.input_size must be a size in pixels or [height, width], got {size!r}")
+        raise ConfigError(f"{where}: settings.input_size must be a size in pixels or [height, width], got {size!r}")
     if not isinstance(data["results"], list):
-        raise ConfigError(f"{path}: \"results\" must be a list of rows")
+        raise ConfigError(f"{where}: \"results\" must be a list of rows")
+    measured_speed = settings.get("concurrent_speed")
+    if measured_speed is not None:  # the bench measured this machine's own (`pipelines.bench.contention`)
+        if not isinstance(measured_speed, (int, float)) or not 0 < measured_speed <= 1:
+            raise ConfigError(f"{where}: settings.concurrent_speed must be in (0, 1], got {measured_speed!r}")
+        cluster = dataclasses.replace(cluster, device=dataclasses.replace(cluster.device,
+                                                                          concurrent_speed=float(measured_speed)))
     device = cluster.device_costs(costs.at(costs.microbatch, tuple(size)))
-    out = []
-    for i, row in enumerate(data["results"]):
-        where = f"{path}: results[{i}]"
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where} must be an object")
-        S, M = _field(row, "stages", int, where), _field(row, "microbatches", int, where)
-        D = _field(row, "data_parallel", int, where, 1)
-        name = _field(row, "schedule", str, where)
-        V = PIPELINE_SCHEDULES.get(name).virtual_stages(_field(row, "virtual_stages", int, where, 1))
-        measured = _field(row, "step_s", float, where)
-        spread = row.get("step_s_spread")
-        if batch % (D * M):
-            raise ConfigError(f"{where}: settings.batch={batch} is not divisible by data_parallel x microbatches")
-        units = device.at(batch // (D * M), device.input_size)
-        balance = tuple(row.get("balance") or partition([u.seconds for u in units.units], S * V))
-        plan = Plan(S, D, M, name, V, balance)
-        try:
-            predicted = simulate_step(plan, schedule_order(name, S, M, V), units, cluster).step_s
-            out.append(Comparison(plan, measured, spread, predicted))
-        except Infeasible as err:
-            out.append(Comparison(plan, measured, spread, None, str(err)))
-    return out
+    return [_compare_row(row, f"{where}: results[{i}]", batch, device, cluster)
+            for i, row in enumerate(data["results"])]
+
+
+def _compare_row(row: Any, where: str, batch: int, device, cluster: ClusterSpec) -> Comparison:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where} must be an object")
+    S, M = _field(row, "stages", int, where), _field(row, "microbatches", int, where)
+    D = _field(row, "data_parallel", int, where, 1)
+    name = _field(row, "schedule", str, where)
+    V = PIPELINE_SCHEDULES.get(name).virtual_stages(_field(row, "virtual_stages", int, where, 1))
+    measured = _field(row, "step_s", float, where)
+    spread = row.get("step_s_spread")
+    if batch % (D * M):
+        raise ConfigError(f"{where}: settings.batch={batch} is not divisible by data_parallel x microbatches")
+    units = device.at(batch // (D * M), device.input_size)
+    balance = tuple(row.get("balance") or partition([u.seconds for u in units.units], S * V))
+    plan = Plan(S, D, M, name, V, balance)
+    try:
+        predicted = simulate_step(plan, schedule_order(name, S, M, V), units, cluster).step_s
+        return Comparison(plan, measured, spread, predicted)
+    except Infeasible as err:
+        return Comparison(plan, measured, spread, None, str(err))
 
 
 def format_comparisons(rows: list[Comparison]) -> str:
-    lines = [(f"{'S':>2} {'D':>2} {'schedule':<17} {'V':>2} {'M':>3} {'measured s':>11} {'spread':>8} "
+    lines = [(f"{'S':>2} {'D':>2} {'schedule':<17} {'V':>2} {'M':>3} {'measured s':>11} {'spread':>7} "
               f"{'predicted s':>11} {'error':>8}  within {TOLERANCE:.0%}")]
     for c in rows:
         p = c.plan
-        spread = f"{c.spread_s:8.4f}" if isinstance(c.spread_s, (int, float)) else f"{'-':>8}"
+        spread = f"{c.spread:7.1%}" if isinstance(c.spread, (int, float)) else f"{'-':>7}"
         if c.predicted_s is None:
             tail = f"{'-':>11} {'-':>8}  not simulated: {c.reason}"
         else:

@@ -30,22 +30,31 @@ def start_tracking(cfg: Config, run_dir: str | Path, uri: str | None = None, res
     """Start mirroring `run_dir` into MLflow at `uri` (default: the config's store); a resumed run goes on in its
     own MLflow run."""
     run_dir = Path(run_dir).absolute()
-    uri = uri or tracking_uri(cfg.tracking.tracking_uri)
+    ledger = tracking_ledger(cfg, run_dir, uri or tracking_uri(cfg.tracking.tracking_uri), resume, run_name,
+                             parent_run_id, tags)
+    write_ledger(run_dir, ledger)
+    mirror = RunMirror(run_dir, ledger, cfg, dataset_inputs(cfg, progress=progress))
+    return BackgroundSender(mirror, cfg.tracking.retry_seconds).start()
+
+
+def tracking_ledger(cfg: Config, run_dir: Path, uri: str, resume: bool = False, run_name: str | None = None,
+                    parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Ledger:
+    """The ledger a run starts with: a new one, or on resume the run directory's own, set to reopen its run."""
     ledger = read_ledger(run_dir) if resume else None
     if ledger is not None and ledger.uri != uri:
         log.warning("%s was tracked in %s; the resumed run is tracked in %s as a new MLflow run", run_dir,
                     ledger.uri, uri)
         ledger = None
     if ledger is None:
-        ledger = Ledger(uri=uri, experiment=cfg.tracking.experiment,
-                        run_name=run_name or cfg.tracking.run_name or run_dir.name, tags=dict(tags or {}),
-                        parent_run_id=parent_run_id, reopen=resume)
-    else:  # resumed: the same MLflow run, RUNNING again, its end still to come
-        ledger.reopen = ledger.run_id is not None or ledger.reopen
-        ledger.status, ledger.artifacts, ledger.closed = None, False, False
-    write_ledger(run_dir, ledger)
-    mirror = RunMirror(run_dir, ledger, cfg, dataset_inputs(cfg, progress=progress))
-    return BackgroundSender(mirror, cfg.tracking.retry_seconds).start()
+        return Ledger(uri=uri, experiment=cfg.tracking.experiment,
+                      run_name=run_name or cfg.tracking.run_name or run_dir.name, tags=dict(tags or {}),
+                      parent_run_id=parent_run_id, reopen=resume)
+    # Resumed: the same MLflow run, RUNNING again, its end still to come. Without a run id the run may still
+    # exist (created, then the process died before the ledger said so): the mirror looks it up by its
+    # run-directory tag before creating one.
+    ledger.reopen = True
+    ledger.status, ledger.artifacts, ledger.closed = None, False, False
+    return ledger
 
 
 class MirrorHooks:

@@ -8,11 +8,13 @@ consumer counts and drops them and re-batches, so every batch stays full.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import ray
@@ -23,6 +25,7 @@ from pgnet.config import Config
 from pgnet.data.order import epoch_batches, replica_slice
 from pgnet.data.records import ImageRecord
 from pgnet.data.sample import META_KEYS, BadSample, make_sample
+from pgnet.errors import DataError
 
 log = logging.getLogger("pgnet.data_feed")
 
@@ -89,14 +92,19 @@ class FeedStats:
     wait_seconds: float = 0.0
 
 
-def full_batches(dataset: ray.data.Dataset, batch_size: int, stats: FeedStats
+def dataset_blocks(dataset: ray.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """The map's output blocks as they are (SAMPLE_BATCH rows each): no re-batching copy."""
+    return dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+
+
+def full_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, stats: FeedStats
                  ) -> Iterator[dict[str, np.ndarray]]:
-    """Full batches of good samples in the plan's order; bad ones are counted, logged and dropped."""
+    """Full batches of good samples in the blocks' order; bad ones are counted, logged and dropped. The time
+    spent waiting for the next block goes to `stats.wait_seconds`."""
     buffer: list[dict[str, np.ndarray]] = []
     keys = ("image", *TARGET_KEYS, *META_KEYS)
     tick = time.perf_counter()
-    # batch_size=None: the map's output blocks as they are (SAMPLE_BATCH rows each), no re-batching copy
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+    for batch in blocks:
         stats.wait_seconds += time.perf_counter() - tick
         for i in range(len(batch["ok"])):
             stats.seen += 1
@@ -109,3 +117,20 @@ def full_batches(dataset: ray.data.Dataset, batch_size: int, stats: FeedStats
                 yield {k: np.stack([s[k] for s in buffer]) for k in keys}
                 buffer = []
         tick = time.perf_counter()
+
+
+def encoded_batches(records: list[ImageRecord], cfg: Config, count: int) -> list[dict[str, np.ndarray]]:
+    """`count` full batches of replica 0's first epoch, encoded here in this process (no Ray Data), for a
+    feed that must cost nothing: `train_on_ray(preencoded_batches=...)` cycles them, so that a benchmark's
+    step time measures the pipeline alone."""
+    rows = replica_rows(records, cfg, 0, 0)
+    prepare = PrepareSamples(cfg, 0)
+    blocks = (prepare({"record": np.asarray([r["record"] for r in rows[i:i + SAMPLE_BATCH]], dtype=object),
+                       "position": np.asarray([r["position"] for r in rows[i:i + SAMPLE_BATCH]])})
+              for i in range(0, len(rows), SAMPLE_BATCH))
+    per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
+    batches = list(itertools.islice(full_batches(blocks, per_replica, FeedStats()), count))
+    if len(batches) < count:
+        raise DataError(f"the training split gives {len(batches)} full batches of {per_replica} good images, "
+                        f"{count} wanted to pre-encode; add images or lower the count")
+    return batches

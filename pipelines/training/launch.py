@@ -45,6 +45,7 @@ from pipelines.training.balance import (
     partition,
     stage_table,
 )
+from pipelines.training.data_feed import encoded_batches
 from pipelines.training.plan import WorkerPlan
 from pipelines.training.ray_runtime import ensure_ray
 from pipelines.training.schedules import virtual_stages
@@ -134,9 +135,10 @@ def resume_point(run_dir: str | Path, required: bool) -> Path | None:
 
 
 def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, callbacks: list | None = None,
-                 probes: tuple = (), concurrent_runs: int = 1) -> dict[str, Any]:
+                 probes: tuple = (), concurrent_runs: int = 1, preencoded_batches: int = 0) -> dict[str, Any]:
     """Run pipeline training; returns the last report's metrics (epoch, step, loss, AP...). `probes`: observers
-    every worker runs (`pipelines.training.probes`). The workers never call MLflow: the caller mirrors the run
+    every worker runs (`pipelines.training.probes`). `preencoded_batches` > 0: the driver encodes that many
+    batches once and the workers cycle them instead of reading Ray Data (`pgnet bench pipeline`). The workers never call MLflow: the caller mirrors the run
     directory into it (`pipelines.tracking.hooks.start_tracking`)."""
     cfg = copy.deepcopy(cfg)
     cfg.data.pin_paths()  # the workers run in Ray's session folder
@@ -152,7 +154,8 @@ def train_on_ray(cfg: Config, run_dir: str | Path, *, resume: bool = False, call
     plan = WorkerPlan(cfg=cfg, run_dir=run_dir.path, records=ray.put(records),
                       balance=tuple(choose_balance(cfg, run_dir)), total_steps=total_steps(cfg, len(records)),
                       steps_per_epoch=steps_per_epoch(len(records), cfg.train.batch_size), resume_from=found,
-                      probes=tuple(probes))
+                      probes=tuple(probes),
+                      preencoded=ray.put(encoded_batches(records, cfg, preencoded_batches)) if preencoded_batches else None)
     workers = cfg.pipeline.stages * cfg.pipeline.data_parallel
     trainer = TorchTrainer(
         train_loop_per_worker,

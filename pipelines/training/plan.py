@@ -26,6 +26,9 @@ class WorkerPlan:
     # Objects every worker runs beside its steps (`pipelines.training.probes.Probe`): what tests and
     # benchmarks observe, kept out of the loop itself.
     probes: tuple = field(default=())
+    # ray.ObjectRef of a list of full batches encoded once by the driver (`data_feed.encoded_batches`), which
+    # the first stages cycle in place of Ray Data: a benchmark's feed that costs nothing. None: Ray Data.
+    preencoded: Any = None
 
     def as_loop_config(self) -> dict[str, Any]:
         return {PLAN_KEY: self}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from pgnet.run.state import RunState
 from pgnet.run.training_run import TrainingRun
 from pipelines.training.data_feed import (
     FeedStats,
+    dataset_blocks,
     epoch_dataset,
     full_batches,
     replica_rows,
@@ -70,6 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     probes = plan.probes + ((StepTrace(runner, run.state.step, plan.run_dir, cfg.pipeline.schedule),)
                             if cfg.pipeline.trace else ())
     records = ray.get(plan.records) if topo.first else []
+    preencoded = ray.get(plan.preencoded) if topo.first and plan.preencoded is not None else None
     val_set = validation_dataset(cfg, progress=False) if topo.rank == 0 else None
     for probe in probes:
         probe.start(plan.run_dir, topo)
@@ -80,9 +83,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch, done = state.next_epoch()  # a cut epoch goes on past the rows it read
         rows_before = _rows_before(state, topo, cfg)
         stats, losses, step_seconds = FeedStats(), [], []
-        batches = _epoch_batches(records, cfg, epoch, topo, rows_before, stats)
+        batches = _epoch_batches(records, cfg, epoch, topo, rows_before, stats, preencoded)
         tick = time.perf_counter()
         while not run.finished:
+            waited = stats.wait_seconds
             batch = next(batches, None) if topo.first else None
             if not _all_have_batch(batch is not None or not topo.first):
                 break
@@ -94,7 +98,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss, terms, lr = runner.step(images, packed)
             now = time.perf_counter()
             step_seconds.append(now - tick)
-            record = run.step_done(epoch, loss, terms, lr, cfg.train.batch_size / (now - tick))
+            # the wait for this step's batch, as the first stage of replica 0 (rank 0, the record's writer) saw it
+            record = run.step_done(epoch, loss, terms, lr, cfg.train.batch_size / (now - tick),
+                                   {"data/wait_s": stats.wait_seconds - waited})
             tick = now
             losses.append(loss)
             if run.step_checkpoint_due(done + len(losses), plan.steps_per_epoch):
@@ -155,13 +161,19 @@ def _restore(plan: WorkerPlan, runner: PipelineRunner, topo: Topology) -> RunSta
     return state
 
 
-def _epoch_batches(records: list, cfg: Config, epoch: int, topo: Topology, rows_before: int, stats: FeedStats):
-    """The first stage's full batches of this epoch from Ray Data (rows read before a cut are skipped)."""
+def _epoch_batches(records: list, cfg: Config, epoch: int, topo: Topology, rows_before: int, stats: FeedStats,
+                   preencoded: list | None = None):
+    """The first stage's full batches of this epoch from Ray Data (rows read before a cut are skipped), or
+    the pre-encoded batches cycled for as many steps as an epoch has."""
     if not topo.first:
         return iter(())
-    rows = replica_rows(records, cfg, epoch, topo.replica)[rows_before:]
     per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
-    return full_batches(epoch_dataset(rows, cfg, epoch), per_replica, stats)
+    if preencoded is not None:
+        steps = len(records) // cfg.train.batch_size - rows_before // per_replica
+        stats.seen += steps * per_replica
+        return itertools.islice(itertools.cycle(preencoded), steps)
+    rows = replica_rows(records, cfg, epoch, topo.replica)[rows_before:]
+    return full_batches(dataset_blocks(epoch_dataset(rows, cfg, epoch)), per_replica, stats)
 
 
 def _quiet_ray_train_reports() -> None:

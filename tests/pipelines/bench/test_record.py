@@ -94,9 +94,9 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("module, name, argv, argument, results, saved", [
-    (pipelines.bench.pipeline, "pipeline", ["--microbatches", "2", "4"], ("microbatches", [2, 4]),
-     [{"stages": 2, "speedup": 1.4, "wait": float("nan"), "peak_mb": (3.0, 2.0)}],
-     [{"stages": 2, "speedup": 1.4, "wait": None, "peak_mb": [3.0, 2.0]}]),
+    (pipelines.bench.pipeline, "pipeline", ["--microbatches", "4"], ("microbatches", 4),
+     {"results": [{"stages": 2, "speedup": 1.4, "wait_fraction": float("nan"), "balance": (3, 2)}]},
+     {"results": [{"stages": 2, "speedup": 1.4, "wait_fraction": None, "balance": [3, 2]}]}),
     (pipelines.bench.data, "data", ["--images", "64"], ("images", 64),
      {"ratio": 0.93, "warmup_s": {"ray": 4.0}},
      {"ratio": 0.93, "warmup_s": {"ray": 4.0}}),

@@ -52,13 +52,16 @@ def test_emit_overrides_loads_as_a_training_config(costs_file, small_cluster, ca
     assert (tmp_path / "out" / "plans.csv").read_text().startswith("rank,feasible,stages")
 
 
-def test_validate_prints_measured_and_predicted_and_flags_the_misses(capsys):
-    assert main(["plan", "--validate", str(SAMPLE)]) == 0
+def test_validate_prints_measured_and_predicted_and_flags_the_misses(capsys, tmp_path):
+    cluster = tmp_path / "loopback.yaml"
+    cluster.write_text(yaml.safe_dump({"nodes": 1, "devices_per_node": 2, "device": {"speed": 1.0, "memory_gib": 4},
+                                       "intra_node": {"bandwidth_gb_s": 1.5, "latency_us": 500}}))
+    assert main(["plan", "--validate", str(SAMPLE), "--cluster", str(cluster)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "measured s" in lines[0] and "predicted s" in lines[0]
     rows = [line.split() for line in lines[1:-1]]
-    # this-machine: 0.5 ms per message, no bytes. Per 2-image micro-batch a unit takes 0.01 s forward and
-    # 0.02 s backward; the sample's batch is 8.
+    # 0.5 ms per message, no bytes. Per 2-image micro-batch a unit takes 0.01 s forward and 0.02 s backward;
+    # the sample's batch is 8.
     c = 0.0005
     worked_out = {("1", "gpipe", "4"): 4 * 4 * 0.03,  # one stage: M x 4 units
                   ("2", "gpipe", "4"): 5 * 2 * 0.03 + 2 * c,  # (M + S - 1)(f + b) + one message each way

@@ -99,3 +99,41 @@ def test_synchronised_norms_add_small_all_reduces_to_forward_and_backward():
     gradients = 2 * 3 * 5e-6  # the gradient all-reduce (no parameters here): its tree latencies alone
     assert synced.step_s == pytest.approx(plain.step_s + 2 * 2 * one_action + gradients, rel=1e-9)
     assert synced.bubble == pytest.approx(0.0, abs=1e-12)  # one stage: norm syncs are work, not a bubble
+
+
+@pytest.mark.parametrize("schedule, virtual", [("gpipe", 1), ("1f1b", 1), ("zbv", 2)])
+def test_ranks_sharing_one_core_take_the_whole_work_in_turn(equal_units, schedule, virtual):
+    """One core for all ranks and no communication: the core is never idle while work is ready, so the step
+    is the sum of every action's time (4 micro-batches x 4 units x 3 s)."""
+    plan = Plan(2, 1, 4, schedule, virtual, tuple([4 // (2 * virtual)] * (2 * virtual)))
+    shared = dataclasses.replace(cluster(2), cores_per_node=1)
+    assert run(plan, equal_units, shared).step_s == pytest.approx(4 * 4 * 3.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("schedule, virtual", [("gpipe", 1), ("1f1b", 1), ("interleaved_zb", 2)])
+def test_ranks_with_a_core_each_run_as_on_their_own_devices(equal_units, schedule, virtual):
+    plan = Plan(2, 1, 4, schedule, virtual, tuple([4 // (2 * virtual)] * (2 * virtual)))
+    own = run(plan, equal_units, cluster(2))
+    shared = run(plan, equal_units, dataclasses.replace(cluster(2), cores_per_node=2))
+    assert shared.step_s == pytest.approx(own.step_s, rel=1e-9)
+    assert shared.bubble == pytest.approx(own.bubble, rel=1e-9)
+
+
+def test_concurrent_speed_slows_only_the_overlapping_computes(equal_units):
+    """GPipe, two units per stage (forward 2 s, backward 4 s per micro-batch). M=1: F0, F1, B1, B0 one after
+    the other, never together, so a concurrent speed of 0.5 changes nothing; with M=2 they overlap."""
+    base = dataclasses.replace(cluster(2), cores_per_node=2)
+    slow = dataclasses.replace(base, device=dataclasses.replace(base.device, concurrent_speed=0.5))
+    one = Plan(2, 1, 1, "gpipe", 1, (2, 2))
+    assert run(one, equal_units, slow).step_s == pytest.approx(run(one, equal_units, base).step_s) == 12.0
+    two = Plan(2, 1, 2, "gpipe", 1, (2, 2))
+    # F(0,0) 0-2 alone; F(0,1) and F(1,0) together at half speed: 2 s of work each ends at 6; F(1,1) alone
+    # 6-8; B(1,0) alone 8-12; B(1,1) and B(0,0) together: 4 s each at half speed, 12-20; B(0,1) alone 20-24
+    assert run(two, equal_units, slow).step_s == pytest.approx(24.0)
+    assert run(two, equal_units, base).step_s == pytest.approx(3 * 6.0)
+
+
+def test_the_optimiser_update_ends_the_step(equal_units):
+    costs = CostTable(tuple(dataclasses.replace(u, optimizer_s=0.25) for u in equal_units.units))
+    plan = Plan(2, 1, 4, "1f1b", 1, (3, 1))
+    assert run(plan, costs, cluster()).step_s == pytest.approx(run(plan, equal_units, cluster()).step_s + 0.75)

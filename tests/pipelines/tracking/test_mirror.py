@@ -12,6 +12,7 @@ from pgnet.config import Config
 from pgnet.errors import DataError, MissingFileError
 from pgnet.run.layout import RunDir
 from pgnet.run.metrics_log import JsonlLog
+from pipelines.tracking.hooks import tracking_ledger
 from pipelines.tracking.ledger import Ledger, read_ledger, write_ledger
 from pipelines.tracking.mirror import RunMirror
 from pipelines.tracking.sender import BackgroundSender
@@ -121,3 +122,24 @@ def test_the_sweep_driver_closes_a_stopped_trial_once_and_never_waits_on_a_dead_
     assert client.get_run(ended.ledger.run_id).info.status == "FINISHED"
     assert read_ledger(trials / "unreachable-dir").status == "KILLED"  # noted, to be sent by `pgnet mlflow sync`
     assert "pgnet mlflow sync" in caplog.text
+
+
+def test_a_run_created_just_before_a_crash_is_the_one_a_resume_goes_on_in(tmp_path, monkeypatch):
+    """The process died after MLflow created the run and before the ledger held its id: on resume the mirror
+    finds the run by its run-directory tag instead of creating a second one."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tiny_run_dir(tmp_path, steps=2)
+    cfg = Config()
+    cfg.tracking.experiment = "mirror"
+    first = RunMirror(run_dir.path, tracking_ledger(cfg, run_dir.path, uri), cfg, datasets=[])
+    first.sync()
+    created = first.ledger.run_id
+    write_ledger(run_dir.path, tracking_ledger(cfg, run_dir.path, uri))  # the ledger as it was before the crash
+    ledger = tracking_ledger(cfg, run_dir.path, uri, resume=True)
+    assert ledger.run_id is None
+    RunMirror(run_dir.path, ledger, cfg, datasets=[]).sync()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mirror").experiment_id])
+    assert [r.info.run_id for r in runs] == [created] and ledger.run_id == created
+    assert runs[0].info.status == "RUNNING"
