@@ -82,6 +82,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                            desc=f"epoch {epoch}", unit="step")
         consumed, tick = 0, time.perf_counter()
         for images, targets, _, num_bad in bar:
+            waited = time.perf_counter() - tick  # for this batch, since the last step ended
             consumed += 1
             run.count_samples(len(images) + num_bad, num_bad)
             if len(images) == 0:
@@ -89,7 +90,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             loss, terms, lr = _step(cfg, model, criterion, optimizer, scheduler, images.to(device),
                                     to_device(targets, device), state.step + 1)
             now = time.perf_counter()
-            record = run.step_done(epoch, loss, terms, lr, len(images) / max(now - tick, 1e-9))
+            record = run.step_done(epoch, loss, terms, lr, len(images) / max(now - tick, 1e-9), {"data/wait_s": waited})
             tick = now
             if timer:
                 _replan(timer, cfg, optimizer, scheduler, state)

@@ -45,11 +45,11 @@ def test_run_dir_holds_config_logs_and_checkpoints(trained, make_config):
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [r["epoch"] for r in records] == [1] * STEPS_PER_EPOCH + [2] * STEPS_PER_EPOCH
-    expected_keys = {"step", "epoch", "loss", "lr", "images_per_s", "time"} | {f"loss/{t}" for t in TERMS}
+    expected_keys = {"step", "epoch", "loss", "lr", "images_per_s", "data/wait_s", "time"} | {f"loss/{t}" for t in TERMS}
     for r in records:
         assert set(r) == expected_keys
         assert all(math.isfinite(r[k]) for k in expected_keys)
-        assert r["images_per_s"] > 0
+        assert r["images_per_s"] > 0 and r["data/wait_s"] >= 0
 
     evaluations = read_jsonl(run_dir / "evaluations.jsonl")
     assert [(e["step"], e["epoch"]) for e in evaluations] == [(4, 1), (8, 2)]
