@@ -102,11 +102,14 @@ def variant_balance(variant: Variant, costs: CostTable) -> list[int]:
                      variant.stages * virtual_stages(variant.schedule, variant.virtual_stages))
 
 
+def variant_keys(variant: Variant) -> list[str]:
+    return [f"pipeline.stages={variant.stages}", f"pipeline.schedule={variant.schedule}",
+            f"pipeline.virtual_stages={variant.virtual_stages}"]
+
+
 def variant_config(settings: BenchSettings, variant: Variant, costs: CostTable) -> Config:
-    return load_config(None, [*settings.overrides(), f"pipeline.stages={variant.stages}",
-                              f"pipeline.schedule={variant.schedule}",
-                              f"pipeline.virtual_stages={variant.virtual_stages}",
-                              "pipeline.balance=[" + ",".join(map(str, variant_balance(variant, costs))) + "]"])
+    balance = ",".join(map(str, variant_balance(variant, costs)))
+    return load_config(None, [*settings.overrides(), *variant_keys(variant), f"pipeline.balance=[{balance}]"])
 
 
 def timed_run(cfg: Config, run_dir: Path, preencoded: bool) -> dict[str, Any]:
@@ -134,6 +137,8 @@ def run_pipeline_benchmark(settings: BenchSettings = BenchSettings(), variants: 
     if BASELINE not in variants:
         variants = (BASELINE, *variants)
     base_cfg = load_config(None, settings.overrides())
+    for variant in variants:  # a configuration a schedule refuses: said now, not after minutes of runs
+        load_config(None, [*settings.overrides(), *variant_keys(variant)])
     ensure_ray(load_config(None, [*settings.overrides(), f"pipeline.stages={max(v.stages for v in variants)}"]))
     microbatch = settings.batch // settings.microbatches
     print_fn(f"measuring the unit costs (micro-batch {microbatch}, {settings.threads} thread)")

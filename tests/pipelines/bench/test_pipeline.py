@@ -144,3 +144,10 @@ def test_the_first_stage_cycles_preencoded_batches_for_an_epochs_steps(feed_conf
     resumed = list(_epoch_batches(records, cfg, 1, Topology(2, 1, 0), 8, FeedStats(), batches))  # one batch read
     assert len(resumed) == 2
     assert list(_epoch_batches(records, cfg, 1, Topology(2, 1, 1), 0, FeedStats(), batches)) == []
+
+
+def test_a_configuration_its_schedule_refuses_stops_the_bench_before_any_run(capsys):
+    """ZBV places two stages on each worker: V=1 is refused when the bench starts, not after minutes of runs."""
+    assert main(["bench", "pipeline", "--variants", "2:zbv:1"]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline.virtual_stages" in err and "unit costs" not in err
