@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pgnet.config import Config, load_config
-from pgnet.errors import ConfigError
+from pgnet.errors import ConfigError, TrainingError
 from pgnet.registry import PIPELINE_SCHEDULES
 from pgnet.run.layout import RunDir
 from pgnet.run.metrics_log import read_jsonl
@@ -88,6 +88,13 @@ class BenchSettings:
     repeats: int = 3
     threads: int = 1  # torch threads per worker
 
+    def __post_init__(self):
+        if self.steps <= WARMUP_STEPS:
+            raise ConfigError(f"--steps {self.steps}: the first {WARMUP_STEPS} steps of a run are warm-up; give more")
+        if self.repeats < 1 or self.microbatches < 1 or self.batch % self.microbatches:
+            raise ConfigError(f"--repeats {self.repeats}, --batch {self.batch}, --microbatches {self.microbatches}: "
+                              "at least one repeat, and a batch that the micro-batches divide")
+
     def overrides(self) -> list[str]:
         return ["model.backbone=resnet18", "model.norm=gn", f"data.input_size=[{self.input_size}, {self.input_size}]",
                 f"data.synthetic.train_images={self.batch * self.steps}", "data.synthetic.val_images=4",
@@ -117,8 +124,8 @@ def timed_run(cfg: Config, run_dir: Path, preencoded: bool) -> dict[str, Any]:
     batch, and the epoch's wait fraction (start-up included)."""
     summary = train_on_ray(cfg, run_dir, preencoded_batches=min(PREENCODED, cfg.train.max_steps) if preencoded else 0)
     records = read_jsonl(RunDir(run_dir).metrics)[WARMUP_STEPS:]
-    if not records:
-        raise ValueError(f"{run_dir}: no step after the {WARMUP_STEPS} warm-up steps; raise --steps")
+    if not records:  # the run ended early (its log says why)
+        raise TrainingError(f"{run_dir}: no step after the {WARMUP_STEPS} warm-up steps; see the run's log above")
     seconds = [cfg.train.batch_size / r["images_per_s"] for r in records]
     return {"step_s": statistics.median(seconds), "steps_s": seconds,
             "wait_fraction": statistics.median(r["data/wait_s"] / s for r, s in zip(records, seconds)),

@@ -151,3 +151,9 @@ def test_a_configuration_its_schedule_refuses_stops_the_bench_before_any_run(cap
     assert main(["bench", "pipeline", "--variants", "2:zbv:1"]) == 2
     err = capsys.readouterr().err
     assert "pipeline.virtual_stages" in err and "unit costs" not in err
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps", "2"], "warm-up"), (["--batch", "30"], "divide")])
+def test_settings_that_cannot_give_a_timing_are_refused(argv, message, capsys):
+    assert main(["bench", "pipeline", *argv]) == 2
+    assert message in capsys.readouterr().err
