@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from pgnet.config import Config
+from pgnet.data.order import steps_per_epoch
 from pgnet.evaluation.inference import evaluate_model
 from pgnet.run.build import seeded_model, validation_dataset
 from pgnet.run.checkpoint import checkpoint_dict
@@ -169,7 +170,7 @@ def _epoch_batches(records: list, cfg: Config, epoch: int, topo: Topology, rows_
         return iter(())
     per_replica = cfg.train.batch_size // cfg.pipeline.data_parallel
     if preencoded is not None:
-        steps = len(records) // cfg.train.batch_size - rows_before // per_replica
+        steps = steps_per_epoch(len(records), cfg.train.batch_size) - rows_before // per_replica
         stats.seen += steps * per_replica
         return itertools.islice(itertools.cycle(preencoded), steps)
     rows = replica_rows(records, cfg, epoch, topo.replica)[rows_before:]
