@@ -103,10 +103,12 @@ class MlflowTrialCloser(tune.Callback):
     def _close(self, trial, status: RunStatus) -> None:
         run_dir = self.trials_dir / trial.trial_id
         ledger = read_ledger(run_dir)
-        if ledger is None or ledger.status is not None:  # never tracked, or the trial sent its own end
+        if ledger is None or ledger.done():  # never tracked, or the trial sent all of its end itself
             return
         mirror = RunMirror(run_dir, ledger)
-        mirror.end(RunStatus.to_string(status))
+        if ledger.status is None:
+            mirror.end(RunStatus.to_string(status))
+        # else the trial noted its end and was stopped (ASHA at max_t stops it too) before sending it all
         try:
             mirror.sync(final=True)
         except Exception as exc:  # the server is unreachable: the ledger keeps what is missing

@@ -124,6 +124,27 @@ def test_the_sweep_driver_closes_a_stopped_trial_once_and_never_waits_on_a_dead_
     assert "pgnet mlflow sync" in caplog.text
 
 
+def test_a_trial_stopped_after_noting_its_end_is_finished_by_the_sweep_driver(tmp_path, monkeypatch):
+    """Tune stops a trial that reached ASHA's max_t while its own end is still being sent: the ledger says
+    FINISHED but the files never arrived. The driver sends the rest, keeping the trial's own status."""
+    from types import SimpleNamespace
+
+    from pipelines.sweeps.sweep import MlflowTrialCloser
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = tmp_path / "trials"
+    half = mirror_of(tiny_run_dir(trials / "half", steps=2), uri)
+    half.sync()
+    half.end("FINISHED")  # noted, then the process was stopped before `sync(final=True)`
+    (trials / "half" / "run").rename(trials / "half-dir")
+    MlflowTrialCloser(max_epochs=2, trials_dir=trials).on_trial_complete(
+        0, [], SimpleNamespace(trial_id="half-dir", last_result={"epoch": 1}))
+    client = MlflowClient(uri)
+    assert client.get_run(half.ledger.run_id).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(half.ledger.run_id)} >= {"metrics.jsonl"}
+    assert read_ledger(trials / "half-dir").done()
+
+
 def test_a_run_created_just_before_a_crash_is_the_one_a_resume_goes_on_in(tmp_path, monkeypatch):
     """The process died after MLflow created the run and before the ledger held its id: on resume the mirror
     finds the run by its run-directory tag instead of creating a second one."""
